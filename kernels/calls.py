@@ -1,0 +1,60 @@
+"""Call numbering for seeded reductions, so a sequence of splitk orders can be replayed.
+
+Every splitk call takes the next number from the current `CallCounter`. The process has one
+default counter; `counting()` installs another for a block of code (a context variable, so it
+is per thread/task). A training run saves `counter.state_dict()` with its checkpoint and
+restores it on resume, which replays the exact same orders.
+"""
+from __future__ import annotations
+
+import contextvars
+from contextlib import contextmanager
+
+
+class CallCounter:
+    """Hands out consecutive call numbers."""
+
+    def __init__(self, start: int = 0):
+        self.next_call = int(start)
+
+    def take(self) -> int:
+        number = self.next_call
+        self.next_call += 1
+        return number
+
+    def reset(self, start: int = 0) -> None:
+        self.next_call = int(start)
+
+    def state_dict(self) -> dict:
+        return {"next_call": self.next_call}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.next_call = int(state["next_call"])
+
+    def __repr__(self) -> str:
+        return f"CallCounter(next_call={self.next_call})"
+
+
+_DEFAULT = CallCounter()
+_CURRENT: contextvars.ContextVar[CallCounter] = contextvars.ContextVar("kernels_call_counter")
+
+
+def current_counter() -> CallCounter:
+    """The counter seeded calls draw from right now."""
+    return _CURRENT.get(_DEFAULT)
+
+
+def reset_calls(start: int = 0) -> None:
+    """Restart the current counter, so the next splitk call replays call number `start`."""
+    current_counter().reset(start)
+
+
+@contextmanager
+def counting(counter: CallCounter | None = None):
+    """Use `counter` (a fresh one by default) for every seeded call inside the block."""
+    counter = counter if counter is not None else CallCounter()
+    token = _CURRENT.set(counter)
+    try:
+        yield counter
+    finally:
+        _CURRENT.reset(token)
