@@ -17,6 +17,7 @@ import torch
 
 from .formats import ACCUMULATE_DTYPES, add_rounded, round_operand
 from .order import chunk_bounds, chunk_order, order_index
+from .order_cpu import gather_in_order
 from .reduction import Reduction
 
 
@@ -25,10 +26,13 @@ def chunk_partials(a: torch.Tensor, b: torch.Tensor, reduction: Reduction) -> to
     a = round_operand(a, reduction.precision)
     b = round_operand(b, reduction.precision)
     acc_dtype = ACCUMULATE_DTYPES[reduction.accumulate]
-    k = a.shape[1]
-    return torch.stack(
-        [(a[:, lo:hi] @ b[lo:hi]).to(acc_dtype) for lo, hi in chunk_bounds(k, reduction.splits)]
-    )
+    partials = torch.empty(reduction.splits, a.shape[0], b.shape[1], dtype=acc_dtype, device=a.device)
+    for s, (lo, hi) in enumerate(chunk_bounds(a.shape[1], reduction.splits)):
+        if acc_dtype == a.dtype:
+            torch.matmul(a[:, lo:hi], b[lo:hi], out=partials[s])
+        else:
+            partials[s] = a[:, lo:hi] @ b[lo:hi]
+    return partials
 
 
 def sum_in_order(partials: torch.Tensor) -> torch.Tensor:
@@ -42,6 +46,8 @@ def sum_in_order(partials: torch.Tensor) -> torch.Tensor:
 def ordered_partials(partials: torch.Tensor, key: int, granularity: str) -> torch.Tensor:
     """The partials rearranged so that position 0 along dim 0 is added first."""
     splits, m, n = partials.shape
+    if partials.device.type == "cpu" and granularity != "call":
+        return gather_in_order(partials, key, granularity)
     order = chunk_order(key, order_index(m, n, granularity, partials.device), splits)
     if granularity == "call":
         return partials[order.view(-1)]
