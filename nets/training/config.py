@@ -1,0 +1,213 @@
+"""The options of one training run, the presets they start from, and how they are checked.
+
+`RunConfig` holds every option; `build_config(preset, overrides)` applies a preset and then the
+options given explicitly (an explicit option always wins). Everything in a RunConfig is written
+to the run's config.json, so a run can be resumed or repeated from that file alone.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+NETS = ("constnet", "leakynet", "wrn", "mlp")
+DATASETS = ("digits", "synthetic", "mnist", "cifar10")
+REDUCTIONS = ("fixed", "splitk", "atomic", "native")
+ROLE_MODES = ("fixed", "splitk", "atomic")
+DTYPES = ("fp32", "tf32", "fp16", "bf16")
+ACCUMULATES = ("fp32", "fp16", "bf16")
+GRANULARITIES = ("call", "tile", "element")
+
+# Options a resumed run may change: how long it trains. Any other change would make the
+# resumed run a different run from the one its checkpoint belongs to.
+RESUMABLE_OPTIONS = ("epochs", "steps")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every option of a training run (defaults are the `quick` preset's)."""
+
+    preset: str = "quick"
+    # network
+    net: str = "constnet"
+    init: str | None = "zero"
+    depth: int = 10
+    widen: int = 2
+    dropout: float = 0.0
+    stem_dropout: float = 0.0
+    # numerics: the reduction policy of every conv/linear layer
+    reduction: str = "splitk"
+    splits: int | None = None
+    granularity: str = "element"
+    noise_seed: int = 0
+    forward: str | None = None
+    input_grad: str | None = None
+    weight_grad: str | None = None
+    dtype: str = "fp32"
+    accumulate: str = "fp32"
+    native_deterministic: bool = False
+    # data and optimisation
+    dataset: str = "digits"
+    data_dir: str | None = None
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    epochs: int | None = 12
+    steps: int | None = None
+    lr_milestones: str = ""
+    lr_gamma: float = 0.2
+    seed: int = 0
+    device: str = "auto"
+    # bookkeeping
+    log_every: int = 10
+    eval_batch_size: int = 512
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "RunConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown run options {unknown}; known options: {sorted(known)}")
+        return cls(**values)
+
+
+PRESETS: dict[str, dict] = {
+    # A small zero-init ConstNet on the bundled 8x8 digits; splitk noise breaks its symmetry.
+    "quick": {},
+    # The paper's Table 1 recipe: WRN-16-10 ConstNet on CIFAR-10 (PAPER.md section 4).
+    "paper": {
+        "net": "constnet",
+        "init": "zero",
+        "depth": 16,
+        "widen": 10,
+        "dataset": "cifar10",
+        "batch_size": 128,
+        "lr": 0.03,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "epochs": 300,
+        "steps": None,
+        "lr_milestones": "E-140,E-80,E-40",
+        "lr_gamma": 0.2,
+        "log_every": 50,
+    },
+}
+
+
+# The network options a preset's values are replaced by when --net names another network
+# (None: the network's own default, e.g. LeakyNet's 1_ii.._ii.. string).
+NET_DEFAULTS = {
+    "constnet": {"init": "zero"},
+    "leakynet": {"init": None},
+    "wrn": {"init": "he"},
+    "mlp": {"init": "replicas=1", "depth": 2, "widen": 128},
+}
+
+
+def build_config(preset: str, overrides: dict) -> RunConfig:
+    """The preset's options with `overrides` (the explicitly given options) applied on top."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset={preset!r} is not allowed; choose one of {', '.join(map(repr, PRESETS))}")
+    if overrides.get("epochs") is not None and overrides.get("steps") is not None:
+        raise ValueError("give --epochs or --steps, not both")
+    values = dict(PRESETS[preset])
+    net = overrides.get("net")
+    if net is not None and net != values.get("net", RunConfig.net):
+        values.update(NET_DEFAULTS.get(net, {}))
+    values.update(overrides, preset=preset)
+    if overrides.get("steps") is not None:
+        values["epochs"] = None
+    elif overrides.get("epochs") is not None:
+        values["steps"] = None
+    config = RunConfig.from_dict({**RunConfig().to_dict(), **values})
+    check_config(config)
+    return config
+
+
+def resumed_config(saved: RunConfig, overrides: dict) -> RunConfig:
+    """The saved run's config, lengthened by --epochs/--steps; any other change is refused."""
+    changed = {
+        name: value for name, value in overrides.items()
+        if name not in RESUMABLE_OPTIONS and getattr(saved, name) != value
+    }
+    if changed:
+        listing = ", ".join(
+            f"--{name.replace('_', '-')}={value} (the run has {getattr(saved, name)!r})" for name, value in changed.items()
+        )
+        raise ValueError(f"a resumed run keeps its options; drop {listing}")
+    if overrides.get("epochs") is not None and overrides.get("steps") is not None:
+        raise ValueError("give --epochs or --steps, not both")
+    if overrides.get("steps") is not None:
+        saved = replace(saved, steps=overrides["steps"], epochs=None)
+    elif overrides.get("epochs") is not None:
+        saved = replace(saved, epochs=overrides["epochs"], steps=None)
+    check_config(saved)
+    return saved
+
+
+def _choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"--{name.replace('_', '-')}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
+
+
+def _at_least(name: str, value, low) -> None:
+    if value is not None and value < low:
+        raise ValueError(f"--{name.replace('_', '-')}={value} is not allowed; it must be >= {low}")
+
+
+def check_config(config: RunConfig) -> None:
+    """Reject option values and combinations no run can honour, naming the option to fix."""
+    _choice("net", config.net, NETS)
+    _choice("dataset", config.dataset, DATASETS)
+    _choice("reduction", config.reduction, REDUCTIONS)
+    _choice("granularity", config.granularity, GRANULARITIES)
+    _choice("dtype", config.dtype, DTYPES)
+    _choice("accumulate", config.accumulate, ACCUMULATES)
+    for role in ("forward", "input_grad", "weight_grad"):
+        if getattr(config, role) is not None:
+            _choice(role, getattr(config, role), ROLE_MODES)
+    for name, low in (("depth", 1), ("widen", 1), ("splits", 1), ("batch_size", 1), ("epochs", 1),
+                      ("steps", 1), ("log_every", 1), ("eval_batch_size", 1), ("noise_seed", 0), ("seed", 0),
+                      ("lr", 0.0), ("momentum", 0.0), ("weight_decay", 0.0), ("lr_gamma", 0.0)):
+        _at_least(name, getattr(config, name), low)
+    for name in ("dropout", "stem_dropout"):
+        if not 0.0 <= getattr(config, name) < 1.0:
+            raise ValueError(f"--{name.replace('_', '-')}={getattr(config, name)} is not allowed; it must be in [0, 1)")
+    if not 0 <= config.noise_seed < 2**32:
+        raise ValueError(f"--noise-seed={config.noise_seed} is not allowed; it must be in [0, 2**32)")
+    if (config.epochs is None) == (config.steps is None):
+        raise ValueError("give exactly one of --epochs or --steps")
+    if config.reduction == "native":
+        overridden = [role for role in ("forward", "input_grad", "weight_grad") if getattr(config, role)]
+        if overridden:
+            flags = ", ".join(f"--{role.replace('_', '-')}" for role in overridden)
+            raise ValueError(f"{flags} need --reduction fixed, splitk or atomic (native runs torch's own kernels)")
+        if config.accumulate != "fp32":
+            raise ValueError("--accumulate applies to our kernels; --reduction native accumulates as torch does")
+    elif config.native_deterministic:
+        raise ValueError("--native-deterministic applies to --reduction native only")
+    lr_milestone_epochs(config.lr_milestones, 1.0)  # validates the syntax
+
+
+def lr_milestone_epochs(spec: str, total_epochs: float) -> list[float]:
+    """Epochs at which the learning rate is multiplied by lr_gamma, sorted.
+
+    `spec` is a comma-separated list of epoch numbers; an entry "E-40" counts back from the end
+    of training (the paper's E-140, E-80, E-40). An empty spec means a constant rate.
+    """
+    epochs = []
+    for entry in filter(None, (part.strip() for part in spec.split(","))):
+        relative = entry.upper().startswith("E-")
+        number = entry[2:] if relative else entry
+        try:
+            value = float(number)
+        except ValueError:
+            raise ValueError(
+                f"--lr-milestones entry {entry!r} is not an epoch; use numbers like 100 or E-40 (40 before the end)"
+            ) from None
+        if value < 0:
+            raise ValueError(f"--lr-milestones entry {entry!r} is negative")
+        epochs.append(total_epochs - value if relative else value)
+    return sorted(epochs)

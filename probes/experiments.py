@@ -1,0 +1,232 @@
+"""The paper's experiments as grids of training runs, each run one `tools/run.py` command line.
+
+An `Experiment` is a list of `RunSpec`s: the run.py options of one configuration and seed, plus
+where the run belongs in the results (its table row `group`, and its plot position `series`,
+`x`). `build_experiment(name, scale, seeds)` makes the grid of a named experiment at one scale:
+
+  cpu    small networks on the offline datasets, minutes on two CPU cores;
+  paper  the paper's networks and recipe on CIFAR-10 (PAPER.md sections 2-5), for a GPU.
+
+Every run passes --noise-seed equal to its --seed, so seeds differ in their reduction order as
+well as in their initialization and batch order.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+SCALES = ("cpu", "paper")
+EXPERIMENTS = ("table1", "table2", "table3", "figure1", "dial")
+DEFAULT_SEEDS = {"cpu": (0, 1, 2), "paper": (0, 1, 2, 3)}
+DATASETS_WITH_DIR = ("mnist", "cifar10")
+
+# cpu scale: a ConstNet-10-1 (widths 16/16/32/64, 6 single-conv blocks) on MNIST (8000/2000 of
+# the t10k images, 28x28), long enough for noise to break the symmetry and the net to train.
+CPU_CONV = {"depth": 10, "widen": 1, "dataset": "mnist", "batch_size": 64, "lr": 0.05,
+            "steps": 400, "lr_milestones": "", "log_every": 20}
+# paper scale: the `paper` preset of run.py (ConstNet-16-10, CIFAR-10, 300 epochs, lr 0.03, ...).
+PAPER_CONV = {"preset": "paper"}
+# Figure 1 / Appendix E: one hidden layer of 256 units on MNIST, SGD lr 0.1, batch 64.
+FIGURE1 = {
+    "cpu": {"net": "mlp", "depth": 2, "widen": 256, "dataset": "mnist", "batch_size": 64, "lr": 0.1,
+            "momentum": 0.0, "weight_decay": 0.0, "steps": 1500, "lr_milestones": "", "log_every": 100},
+    "paper": {"net": "mlp", "depth": 2, "widen": 256, "dataset": "mnist", "batch_size": 64, "lr": 0.1,
+              "momentum": 0.0, "weight_decay": 0.0, "steps": 7500, "lr_milestones": "", "log_every": 250},
+}
+FIGURE1_REPLICAS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+FIGURE1_NOISE = 0.01
+# LeakyNet Table 2: the reference code's seven init strings (13 convs: depth 16).
+TABLE2_INITS = (
+    ("h_hhhh_hhhh_hhhh", "13 h"),
+    ("i_iiii_iiii_iiii", "13 i, 0 x 1"),
+    ("1_iiii_iiii_iiii", "12 i, 1 x 1"),
+    ("1_iiii_11ii_iiii", "10 i, 3 x 1"),
+    ("1_iiii_1111_iiii", "8 i, 5 x 1"),
+    ("1_ii11_ii11_ii11", "6 i, 7 x 1"),
+    ("1_1111_1111_1111", "0 i, 13 x 1"),
+)
+TABLE3_DTYPES = ("fp32", "fp16", "bf16", "tf32")
+TABLE3_DROPOUT = {"cpu": (0.0, 0.01), "paper": (0.0, 0.01, 0.1)}
+DIAL_SPLITS = (1, 2, 4, 8, 32)
+DIAL_GRANULARITIES = ("call", "tile", "element")
+DIAL_ACCUMULATES = ("fp32", "bf16", "fp16")
+DIAL_ROLES = ("forward", "input_grad", "weight_grad")
+NOISY = {"reduction": "splitk", "splits": 8, "granularity": "element"}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: its table row (`group`), plot position (`series`, `x`), seed and run.py options."""
+
+    group: str
+    series: str
+    x: float | str
+    seed: int
+    options: tuple[tuple[str, object], ...]
+
+    @property
+    def name(self) -> str:
+        """The run's directory name inside the experiment's results directory."""
+        slug = re.sub(r"[^a-z0-9]+", "-", self.group.lower()).strip("-")
+        return f"{slug}--seed{self.seed}"
+
+    def argv(self, out: str | Path) -> list[str]:
+        """run.py's arguments: every option as --name value (True as a bare flag), then --out."""
+        arguments = []
+        for key, value in self.options:
+            flag = "--" + key.replace("_", "-")
+            if value is True:
+                arguments.append(flag)
+            elif value is not None and value is not False:
+                arguments += [flag, str(value)]
+        return arguments + ["--out", str(out)]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "group": self.group, "series": self.series, "x": self.x,
+                "seed": self.seed, "options": dict(self.options)}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A named grid of runs and how its results are drawn (x axis label, log scale)."""
+
+    name: str
+    scale: str
+    title: str
+    x_label: str
+    log_x: bool
+    runs: tuple[RunSpec, ...]
+
+    def groups(self) -> list[str]:
+        """The table rows, in grid order."""
+        return list(dict.fromkeys(run.group for run in self.runs))
+
+    def to_dict(self) -> dict:
+        return {"experiment": self.name, "scale": self.scale, "title": self.title, "x_label": self.x_label,
+                "log_x": self.log_x, "runs": [run.to_dict() for run in self.runs]}
+
+
+@dataclass(frozen=True)
+class _Config:
+    group: str
+    series: str
+    x: float | str
+    options: dict
+
+
+def _conv_base(scale: str) -> dict:
+    return dict(CPU_CONV if scale == "cpu" else PAPER_CONV)
+
+
+def _table1(scale: str) -> list[_Config]:
+    base = {**_conv_base(scale), "net": "constnet", "init": "zero"}
+    rows = [
+        ("ConstNet 0, fixed", {"reduction": "fixed"}),
+        ("ConstNet 0, splitk", NOISY),
+        ("ConstNet 0, atomic", {"reduction": "atomic", "splits": 8}),
+        ("ConstNet 0, native deterministic", {"reduction": "native", "native_deterministic": True}),
+        ("ConstNet 0, native", {"reduction": "native"}),
+        ("ConstNet 0, fixed, 1% dropout", {"reduction": "fixed", "dropout": 0.01}),
+        ("ConstNet 0, fixed, 1% dropout + stem", {"reduction": "fixed", "dropout": 0.01, "stem_dropout": 0.01}),
+        ("ConstNet He, native", {"init": "he", "reduction": "native"}),
+        ("Wide-ResNet He, native", {"net": "wrn", "init": "he", "reduction": "native"}),
+    ]
+    return [_Config(label, "table 1", label, {**base, **extra}) for label, extra in rows]
+
+
+def _table2(scale: str) -> list[_Config]:
+    base = {**_conv_base(scale), "net": "leakynet", "depth": 16, **NOISY}
+    return [_Config(f"LeakyNet {init} ({letters})", "table 2", letters, {**base, "init": init})
+            for init, letters in TABLE2_INITS]
+
+
+def _table3(scale: str) -> list[_Config]:
+    base = {**_conv_base(scale), "net": "constnet", "init": "zero"}
+    configs = []
+    for dropout in TABLE3_DROPOUT[scale]:
+        for noise, reduction in (("noise", NOISY), ("no noise", {"reduction": "fixed"})):
+            series = f"{noise}, dropout {dropout:g}"
+            for dtype in TABLE3_DTYPES:
+                options = {**base, **reduction, "dtype": dtype, "dropout": dropout}
+                configs.append(_Config(f"{dtype}, {series}", series, dtype, options))
+    return configs
+
+
+def _figure1(scale: str) -> list[_Config]:
+    base = FIGURE1[scale]
+    configs = []
+    for noise in (0.0, FIGURE1_NOISE):
+        series = "no noise" if noise == 0 else f"noise {noise:g}"
+        for replicas in FIGURE1_REPLICAS:
+            unique = base["widen"] // replicas
+            init = f"replicas={replicas}" + (f",noise={noise:g}" if noise else "")
+            configs.append(_Config(f"{unique} unique features, {series}", series, unique,
+                                   {**base, "reduction": "native", "init": init}))
+    return configs
+
+
+def _dial(scale: str) -> list[_Config]:
+    """One axis of the noise dial at a time, the others at splitk 8 / element / fp32 / all roles."""
+    base = {**_conv_base(scale), "net": "constnet", "init": "zero"}
+    configs = [_Config("fixed (no noise)", "role", "none", {**base, "reduction": "fixed"})]
+    for splits in DIAL_SPLITS:
+        configs.append(_Config(f"splits {splits}", "splits", splits, {**base, **NOISY, "splits": splits}))
+    for granularity in DIAL_GRANULARITIES:
+        configs.append(_Config(f"granularity {granularity}", "granularity", granularity,
+                               {**base, **NOISY, "granularity": granularity}))
+    for accumulate in DIAL_ACCUMULATES:
+        configs.append(_Config(f"accumulate {accumulate}", "accumulate", accumulate,
+                               {**base, **NOISY, "accumulate": accumulate}))
+    for role in DIAL_ROLES:
+        configs.append(_Config(f"noise in {role} only", "role", role,
+                               {**base, **NOISY, "reduction": "fixed", role: "splitk"}))
+    configs.append(_Config("noise in all roles", "role", "all", {**base, **NOISY}))
+    return configs
+
+
+BUILDERS = {"table1": _table1, "table2": _table2, "table3": _table3, "figure1": _figure1, "dial": _dial}
+TITLES = {
+    "table1": ("Table 1: symmetry breakers for a zero-initialised ConstNet", "configuration", False),
+    "table2": ("Table 2: LeakyNet init strings", "init (identity / averaging layers)", False),
+    "table3": ("Table 3: precision x computation noise x dropout", "dtype", False),
+    "figure1": ("Figure 1: replica MLP on MNIST", "unique hidden features", True),
+    "dial": ("The noise dial: a zero-initialised ConstNet", "setting", False),
+}
+
+
+def _ordered_options(options: dict, seed: int, data_dir: str | None) -> tuple[tuple[str, object], ...]:
+    """The run.py options in a stable order: preset first, then as given, seed and data last."""
+    options = dict(options)
+    ordered = [("preset", options.pop("preset"))] if "preset" in options else []
+    ordered += list(options.items())
+    ordered += [("seed", seed), ("noise_seed", seed)]
+    if options.get("dataset", "cifar10" if "preset" in dict(ordered) else None) in DATASETS_WITH_DIR:
+        if data_dir is None:
+            raise ValueError(f"--data-dir is required: this grid reads {options.get('dataset', 'cifar10')} from disk")
+        ordered.append(("data_dir", str(data_dir)))
+    return tuple(ordered)
+
+
+def build_experiment(name: str, scale: str = "cpu", seeds=None, data_dir: str | Path | None = None) -> Experiment:
+    """The grid of experiment `name` at `scale`, one run per configuration and seed.
+
+    `seeds` defaults to DEFAULT_SEEDS[scale]; `data_dir` is passed to the runs whose dataset is
+    read from disk (mnist, and cifar10 at paper scale), and is required when there are any.
+    """
+    if name not in BUILDERS:
+        raise ValueError(f"experiment={name!r} is not allowed; choose one of {', '.join(EXPERIMENTS)}")
+    if scale not in SCALES:
+        raise ValueError(f"scale={scale!r} is not allowed; choose one of {', '.join(SCALES)}")
+    seeds = tuple(DEFAULT_SEEDS[scale] if seeds is None else seeds)
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        raise ValueError(f"seeds={seeds!r} is not allowed; give one or more ints >= 0")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds={seeds!r} repeats a seed")
+    runs = tuple(
+        RunSpec(config.group, config.series, config.x, seed, _ordered_options(config.options, seed, data_dir))
+        for config in BUILDERS[name](scale)
+        for seed in seeds
+    )
+    title, x_label, log_x = TITLES[name]
+    return Experiment(name, scale, title, x_label, log_x, runs)

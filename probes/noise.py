@@ -1,0 +1,67 @@
+"""How large a reduction's rounding noise is: error against float64, and spread between runs.
+
+For one op, shape and Reduction:
+  - error: each output element against the float64 reference, as the ULP distance (in the
+    output dtype) to the correctly rounded reference, and as the relative error
+    |out - ref| / |ref| (elements with ref = 0 are left out of the relative error);
+  - spread: the op run `repeats` times on the same inputs (splitk calls take consecutive call
+    numbers, so each run has its own order; atomic runs race): the fraction of elements that
+    differ bitwise from the first run in any later run, and the largest ULP distance to it.
+"""
+from __future__ import annotations
+
+import torch
+
+from .compare import compare
+from .ulp import raw_bits, ulp_distance
+from .workloads import make_inputs, reference_op, run_op
+
+QUANTILES = {"median": 0.5, "p99": 0.99, "max": 1.0}
+
+
+def _quantiles(values: torch.Tensor) -> dict:
+    values = values[~torch.isnan(values)].to(torch.float64)
+    if values.numel() == 0:
+        return {name: None for name in QUANTILES}
+    ordered = torch.sort(values).values
+    last = ordered.numel() - 1
+    return {name: float(ordered[round(q * last)]) for name, q in QUANTILES.items()}
+
+
+def error_statistics(output: torch.Tensor, reference: torch.Tensor) -> dict:
+    """ULP and relative error quantiles of `output` against a float64 `reference`."""
+    output = output.detach().cpu()
+    reference = reference.detach().cpu().to(torch.float64)
+    ulps = ulp_distance(output, reference.to(output.dtype))
+    nonzero = reference != 0
+    relative = (output.double() - reference).abs()[nonzero] / reference.abs()[nonzero]
+    return {"ulp": _quantiles(ulps.flatten()), "rel": _quantiles(relative.flatten())}
+
+
+def run_spread(outputs: list[torch.Tensor]) -> dict:
+    """Bitwise spread of repeated outputs around the first one."""
+    first = raw_bits(outputs[0].cpu())
+    differing = torch.zeros(first.shape, dtype=torch.bool)
+    max_ulp = 0.0
+    for other in outputs[1:]:
+        differing |= raw_bits(other.cpu()) != first
+        max_ulp = max(max_ulp, compare(outputs[0], other).max_ulp or 0.0)
+    return {"frac_differ": float(differing.float().mean()), "max_ulp": max_ulp, "runs": len(outputs)}
+
+
+def noise_magnitude(op: str, shape, reduction, backend: str = "auto", repeats: int = 3, seed: int = 0,
+                    dtype: torch.dtype = torch.float32, device="cpu") -> dict:
+    """Error against float64 and run-to-run spread of one op under one Reduction (see module doc)."""
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats={repeats!r} is not allowed; use an int >= 1")
+    inputs = make_inputs(op, shape, seed, dtype, device)
+    outputs = [run_op(op, shape, inputs, reduction, backend) for _ in range(repeats)]
+    return {
+        "op": op,
+        "shape": str(shape),
+        "reduction": reduction.describe(),
+        "backend": backend,
+        "dtype": str(dtype).replace("torch.", ""),
+        "error": error_statistics(outputs[0], reference_op(op, shape, inputs)),
+        "spread": run_spread(outputs),
+    }

@@ -1,0 +1,163 @@
+"""How alike a layer's channels are: forward/backward weight correlation and effective width.
+
+Definitions (paper eq. 5, 6). A conv weight (C_out, C_in, kh, kw) or linear weight (out, in) is
+split into rows: C_out output filters (forward) or C_in input slices (backward). The correlation
+
+    C = mean over ordered pairs i != j of  s(W_i, W_j)
+
+uses s = cosine similarity <W_i, W_j> / (|W_i| |W_j|) (the paper, kind="cosine") or the Pearson
+correlation of the two rows (the reference code's np.corrcoef, kind="pearson"). Conventions:
+a pair involving a zero-norm row (zero-variance row for Pearson) has similarity 1, i.e. it counts
+as identical, as the reference code's NaN -> 1; so an all-zero tensor has C = 1. A tensor with a
+single row has no pairs and C = 1 (one channel is trivially symmetric).
+
+The computation is exact: one float64 Gram matrix of the rows. `max_rows` samples that many rows
+without replacement with a seeded generator (the reference code sampled at most 5000).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+KINDS = ("cosine", "pearson")
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r} is not allowed; choose one of {', '.join(map(repr, KINDS))}")
+
+
+def _check_weight(w) -> None:
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"w must be a torch.Tensor, got {type(w).__name__}")
+    if w.dim() not in (2, 4):
+        raise ValueError(
+            f"w must be a linear weight (out, in) or a conv weight (C_out, C_in, kh, kw); got shape {tuple(w.shape)}"
+        )
+
+
+def forward_rows(w: torch.Tensor) -> torch.Tensor:
+    """The C_out output filters of a weight, one per row, as float64."""
+    _check_weight(w)
+    return w.detach().to(torch.float64).reshape(w.shape[0], -1)
+
+
+def backward_rows(w: torch.Tensor) -> torch.Tensor:
+    """The C_in input slices of a weight (what each input channel sends forward), one per row."""
+    _check_weight(w)
+    return w.detach().to(torch.float64).transpose(0, 1).reshape(w.shape[1], -1)
+
+
+def _sample_rows(rows: torch.Tensor, max_rows: int | None, seed: int) -> torch.Tensor:
+    if max_rows is None or rows.shape[0] <= max_rows:
+        return rows
+    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 2:
+        raise ValueError(f"max_rows={max_rows!r} is not allowed; use None (exact) or an int >= 2")
+    generator = torch.Generator().manual_seed(seed)
+    picked = torch.randperm(rows.shape[0], generator=generator)[:max_rows]
+    return rows[picked.to(rows.device)]
+
+
+def row_similarity_mean(rows: torch.Tensor, kind: str = "cosine") -> float:
+    """Mean of s(row_i, row_j) over ordered pairs i != j (see the module docstring)."""
+    _check_kind(kind)
+    n = rows.shape[0]
+    if n < 2:
+        return 1.0
+    rows = rows.to(torch.float64)
+    if kind == "pearson":
+        rows = rows - rows.mean(dim=1, keepdim=True)
+    gram = rows @ rows.T
+    norms = gram.diagonal().clamp_min(0).sqrt()
+    outer = norms[:, None] * norms[None, :]
+    similarity = torch.where(outer > 0, gram / outer, 1.0).clamp(-1.0, 1.0)
+    off_diagonal = similarity.sum() - similarity.diagonal().sum()
+    return float(off_diagonal / (n * (n - 1)))
+
+
+def forward_correlation(w: torch.Tensor, kind: str = "cosine", max_rows: int | None = None, seed: int = 0) -> float:
+    """C_f: mean similarity between the output filters of `w`."""
+    return row_similarity_mean(_sample_rows(forward_rows(w), max_rows, seed), kind)
+
+
+def backward_correlation(w: torch.Tensor, kind: str = "cosine", max_rows: int | None = None, seed: int = 0) -> float:
+    """C_b: mean similarity between the input slices of `w`."""
+    return row_similarity_mean(_sample_rows(backward_rows(w), max_rows, seed), kind)
+
+
+def dissimilarity(c: float) -> float:
+    """sqrt(1 - C^2), the paper's per-layer dissimilarity (C clamped to [-1, 1])."""
+    return math.sqrt(max(0.0, 1.0 - min(1.0, c * c)))
+
+
+def effective_width(n: int, c: float) -> float:
+    """1 + (n - 1) sqrt(1 - C^2): n channels with correlation C act like this many distinct ones."""
+    return 1.0 + (n - 1) * dissimilarity(c)
+
+
+def mean_dissimilarity(correlations) -> float:
+    """(1/L) sum over layers of sqrt(1 - C_f^2)."""
+    correlations = list(correlations)
+    if not correlations:
+        raise ValueError("mean_dissimilarity needs at least one correlation")
+    return sum(dissimilarity(c) for c in correlations) / len(correlations)
+
+
+@dataclass
+class LayerSymmetry:
+    """The symmetry record of one conv or linear layer."""
+
+    name: str
+    kind: str
+    n_out: int
+    n_in: int
+    forward: float
+    backward: float
+    effective_width: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def layer_symmetry(name: str, module: nn.Module, kind: str = "cosine", max_rows: int | None = None,
+                   seed: int = 0) -> LayerSymmetry:
+    """Forward and backward correlation and effective width of one nn.Conv2d / nn.Linear."""
+    if not isinstance(module, (nn.Conv2d, nn.Linear)):
+        raise TypeError(f"{name}: expected nn.Conv2d or nn.Linear, got {type(module).__name__}")
+    w = module.weight
+    forward = forward_correlation(w, kind, max_rows, seed)
+    return LayerSymmetry(
+        name=name,
+        kind="conv" if isinstance(module, nn.Conv2d) else "linear",
+        n_out=w.shape[0],
+        n_in=w.shape[1],
+        forward=forward,
+        backward=backward_correlation(w, kind, max_rows, seed),
+        effective_width=effective_width(w.shape[0], forward),
+    )
+
+
+def model_symmetry(model: nn.Module, kind: str = "cosine", max_rows: int | None = None, seed: int = 0,
+                   summary_kinds: tuple = ("conv",)) -> dict:
+    """Per-layer symmetry of every conv/linear layer and the model summary.
+
+    The summary (max forward C and mean dissimilarity) covers the layers whose kind is in
+    `summary_kinds`; the default, conv layers only, matches the paper's Table 2 (13 conv layers;
+    the zero-initialised classifier would otherwise pin max C_f at 1).
+    """
+    layers = [
+        layer_symmetry(name, module, kind, max_rows, seed)
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Conv2d, nn.Linear))
+    ]
+    summarised = [layer.forward for layer in layers if layer.kind in summary_kinds]
+    return {
+        "kind": kind,
+        "layers": [layer.to_dict() for layer in layers],
+        "summary_kinds": list(summary_kinds),
+        "max_forward": max(summarised) if summarised else None,
+        "mean_dissimilarity": mean_dissimilarity(summarised) if summarised else None,
+    }
