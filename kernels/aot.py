@@ -5,7 +5,8 @@
 Registry: every module kernels/triton_*.py that defines `aot_variants() -> list[KernelVariant]`
 is collected; a new kernel module takes part by defining that function, nothing else.
 
-A variant names one kernel, example runtime arguments and its constexprs. The example arguments
+A variant names one kernel, example runtime arguments and its constexprs (a kernel with a dot
+names its operand precision in a PRECISION constexpr: "fp32" | "tf32" | "fp16" | "bf16"). The example arguments
 are specialized the way Triton's launcher specializes a real call (pointers 16-byte aligned,
 ints equal to 1 become constants, ints divisible by 16 carry that divisibility, unless the
 parameter is marked do_not_specialize), so the compiled code is the code a GPU would run for
@@ -32,7 +33,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Mapping
 
 ARCHS = (80, 90)
@@ -59,14 +60,17 @@ class KernelVariant:
 
 @dataclass(frozen=True)
 class CompileReport:
+    """Resource use of one variant on one arch; precision is its PRECISION constexpr, if any."""
+
     name: str
     arch: int
+    precision: str | None
     registers: int
     spill_stores: int
     shared_bytes: int
     matrix_instructions: str
     seconds: float
-    representative: bool = field(default=False)
+    representative: bool = False
 
 
 def specialize(variant: KernelVariant) -> tuple[dict, dict, dict]:
@@ -142,7 +146,7 @@ def compile_variant(variant: KernelVariant, arch: int) -> CompileReport:
     ptx = compiled.asm["ptx"]
     registers, spills = _ptxas_usage(ptx, arch)
     return CompileReport(
-        variant.name, arch, registers, spills, compiled.metadata.shared, matrix_instructions(ptx),
+        variant.name, arch, variant.constexprs.get("PRECISION"), registers, spills, compiled.metadata.shared, matrix_instructions(ptx),
         round(time.perf_counter() - start, 2), variant.representative,
     )
 

@@ -28,14 +28,27 @@ import triton.language as tl
 
 from .gemm import next_key
 from .reduction import Reduction
-from .triton_gemm import device_sm_count, launch_config
-from .triton_support import allocate_target, chunk_range, dot_operand, finish_target, mma, store_partial, target_kind
+from .triton_gemm import INTERPRETER_CONFIG, GemmConfig, device_sm_count
+from .triton_support import (
+    INTERPRETED,
+    allocate_target,
+    check_index_range,
+    chunk_range,
+    dot_operand,
+    finish_target,
+    mma,
+    store_partial,
+    target_kind,
+)
+
 
 @triton.jit
 def _gather(ptr, i0, i1, i2, i3, s0, s1, s2, s3, mask):
-    """ptr[i0, i1, i2, i3] through explicit strides (broadcast index tiles); 0 where masked."""
-    offsets = i0.to(tl.int64) * s0 + i1.to(tl.int64) * s1 + i2.to(tl.int64) * s2 + i3.to(tl.int64) * s3
-    return tl.load(ptr + offsets, mask=mask, other=0.0)
+    """ptr[i0, i1, i2, i3] through explicit strides (broadcast index tiles); 0 where masked.
+
+    int32 offsets: the host checks that every tensor spans fewer than 2**31 elements.
+    """
+    return tl.load(ptr + (i0 * s0 + i1 * s1 + i2 * s2 + i3 * s3), mask=mask, other=0.0)
 
 
 @triton.jit
@@ -127,15 +140,15 @@ def conv_kernel(
     target = (
         target_ptr
         + pid_k.to(tl.int64) * stride_ts
-        + offs_m.to(tl.int64)[:, None] * stride_tm
-        + (n0.to(tl.int64) * stride_t0 + n1.to(tl.int64) * stride_t1 + n2.to(tl.int64) * stride_t2)[None, :]
+        + offs_m[:, None] * stride_tm
+        + (n0 * stride_t0 + n1 * stride_t1 + n2 * stride_t2)[None, :]
     )
     store_partial(acc, target, m_in[:, None] & n_in[None, :], TARGET, ACCUMULATE)
 
 
 @dataclass(frozen=True)
 class ConvProblem:
-    """Sizes of one convolution (groups 1, dilation 1)."""
+    """Sizes of one convolution (groups 1, dilation 1) and the GEMM each role makes of it."""
 
     batch: int
     in_channels: int
@@ -154,13 +167,14 @@ class ConvProblem:
         )
 
     def gemm(self, role: str) -> tuple[int, int, int, tuple[int, int]]:
-        """(M, N, K, (D1, D2)) of a role, n = n0*D1*D2 + n1*D2 + n2."""
+        """(M, N, K, (D1, D2)) of a role; n = n0*D1*D2 + n1*D2 + n2 (kernels.conv's table)."""
         kh, kw = self.kernel
         ho, wo = self.out_size
         if role == "forward":
             return self.out_channels, self.batch * ho * wo, self.in_channels * kh * kw, (ho, wo)
         if role == "input_grad":
-            return self.in_channels, self.batch * self.height * self.width, self.out_channels * kh * kw, (self.height, self.width)
+            hw = (self.height, self.width)
+            return self.in_channels, self.batch * hw[0] * hw[1], self.out_channels * kh * kw, hw
         return self.out_channels, self.in_channels * kh * kw, self.batch * ho * wo, (kh, kw)
 
     def result_shape(self, role: str) -> tuple[int, int, int, int]:
@@ -170,65 +184,178 @@ class ConvProblem:
             return (self.batch, self.in_channels, self.height, self.width)
         return (self.out_channels, self.in_channels, *self.kernel)
 
+    def operand_shapes(self) -> dict[str, tuple[int, int, int, int]]:
+        return {
+            "x": (self.batch, self.in_channels, self.height, self.width),
+            "w": (self.out_channels, self.in_channels, *self.kernel),
+            "dy": (self.batch, self.out_channels, *self.out_size),
+        }
+
+
+# Output tiles, largest first; the first whose grid gives every SM a program is used. Smaller
+# than the GEMM's: every operand element of a tile gets its own gathered address and mask, which
+# live in registers, so BLOCK_K stays at 32 for every input dtype.
+TILES = ((128, 128), (64, 128), (64, 64))
+BLOCK_K = 32
+GPU_STAGES = 3
+
+
+def launch_config(precision: str, m: int, n: int, splits: int, sm_count: int, interpreted: bool) -> GemmConfig:
+    """The fixed config for a role's GEMM (no autotuning: a shape always runs the same code).
+
+    fp32 (FMA, no tensor cores) starts at 64x128 to keep its accumulator and addresses in registers.
+    """
+    if interpreted:
+        return INTERPRETER_CONFIG
+    tiles = TILES if precision != "fp32" else TILES[1:]
+    block_m, block_n = next(
+        (tile for tile in tiles if triton.cdiv(m, tile[0]) * triton.cdiv(n, tile[1]) * splits >= sm_count), tiles[-1]
+    )
+    warps = 8 if block_m * block_n >= 64 * 128 else 4
+    return GemmConfig(block_m, block_n, BLOCK_K, 8, warps, GPU_STAGES)
+
+
+READS = {"forward": ("x", "w"), "input_grad": ("w", "dy"), "weight_grad": ("x", "dy")}
+
 
 def _as_mn_view(result: torch.Tensor, role: str) -> torch.Tensor:
-    """The result tensor indexed (m, n0, n1, n2): channels first for forward and input_grad."""
+    """A result-shaped tensor indexed (m, n0, n1, n2): channels first for forward and input_grad."""
     return result if role == "weight_grad" else result.transpose(0, 1)
 
 
-def _strides4(t) -> tuple[int, int, int, int]:
-    """Strides of a 4-D operand; zeros for the operand a role does not read."""
-    return (0, 0, 0, 0) if t is None else tuple(t.stride())
+def _matrix_as_mn(matrix: torch.Tensor, problem: ConvProblem, role: str) -> torch.Tensor:
+    """An (..., M, N) target indexed (..., m, n0, n1, n2)."""
+    _, n, _, (d1, d2) = problem.gemm(role)
+    return matrix.view(*matrix.shape[:-1], n // (d1 * d2), d1, d2)
 
 
-def launch(role: str, problem: ConvProblem, x, w, dy, reduction: Reduction, out_dtype: torch.dtype) -> torch.Tensor:
-    """Run one role of `problem` under `reduction`; returns the result in its natural shape."""
-    m, n, k, (d1, d2) = problem.gemm(role)
+def kernel_arguments(role: str, problem: ConvProblem, strides: dict, splits: int, split_stride: int, target_mn_strides):
+    """The integer arguments of conv_kernel; `strides` maps "x", "w", "dy" to 4 strides (zeros if unread)."""
+    m, n, k, _ = problem.gemm(role)
+    names = {"x": ("sxb", "sxc", "sxh", "sxw"), "w": ("swo", "swi", "swh", "sww"), "dy": ("syb", "syc", "syh", "syw")}
+    arguments = {"M": m, "N": n, "K": k, "SPLITS": splits, "H": problem.height, "W": problem.width}
+    arguments.update(zip(("HO", "WO"), problem.out_size))
+    for operand, stride_names in names.items():
+        arguments.update(zip(stride_names, strides.get(operand, (0, 0, 0, 0))))
+    arguments["stride_ts"] = split_stride
+    arguments.update(zip(("stride_tm", "stride_t0", "stride_t1", "stride_t2"), target_mn_strides))
+    return arguments
+
+
+def kernel_constexprs(role: str, problem: ConvProblem, precision: str, accumulate: str, kind: str, config) -> dict:
+    return {
+        "ROLE": role, "KH": problem.kernel[0], "KW": problem.kernel[1],
+        "STRIDE_H": problem.stride[0], "STRIDE_W": problem.stride[1],
+        "PAD_H": problem.padding[0], "PAD_W": problem.padding[1],
+        "PRECISION": precision, "ACCUMULATE": accumulate, "TARGET": kind, **config.constexprs(),
+    }
+
+
+def launch(role: str, problem: ConvProblem, operands: dict, reduction: Reduction, out_dtype: torch.dtype) -> torch.Tensor:
+    """Run one role of `problem` under `reduction` on the two `operands` it reads ("x", "w", "dy")."""
+    m, n, k, _ = problem.gemm(role)
     key = next_key(reduction)
-    device = (w if w is not None else dy).device
+    first = operands[READS[role][0]]
     result_shape = problem.result_shape(role)
     if min(m, n, k) == 0:
-        return torch.zeros(result_shape, dtype=out_dtype, device=device)
-    operands = [t for t in (x, w, dy) if t is not None]
-    itemsize = max(t.element_size() for t in operands)
-    config = launch_config(reduction.precision, itemsize, m, n, reduction.splits, device_sm_count(device))
-    if target_kind(reduction) == "direct":
-        result = torch.empty(result_shape, dtype=out_dtype, device=device)
+        return torch.zeros(result_shape, dtype=out_dtype, device=first.device)
+    for name, tensor in operands.items():
+        check_index_range(name, tensor)
+    kind = target_kind(reduction)
+    if kind == "direct":
+        result = torch.empty(result_shape, dtype=out_dtype, device=first.device)
+        check_index_range("the result", result)
         tensor, split_stride, mn_view = result, 0, _as_mn_view(result, role)
     else:
-        target = allocate_target(reduction, m, n, out_dtype, device)
-        tensor, split_stride = target.tensor, target.split_stride
-        mn_view = tensor.view(*tensor.shape[:-1], n // (d1 * d2), d1, d2)
-    stride_tm, stride_t0, stride_t1, stride_t2 = mn_view.stride()[-4:]
-    placeholder = operands[0]
-    x_, w_, dy_ = (t if t is not None else placeholder for t in (x, w, dy))
+        target = allocate_target(reduction, m, n, out_dtype, first.device)
+        tensor, split_stride, mn_view = target.tensor, target.split_stride, _matrix_as_mn(target.tensor, problem, role)
+    config = launch_config(reduction.precision, m, n, reduction.splits, device_sm_count(first.device), INTERPRETED)
+    pointers = {name: operands.get(name, first) for name in ("x", "w", "dy")}  # an unread operand: any pointer
+    strides = {name: tuple(t.stride()) for name, t in operands.items()}
     grid = (triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n), reduction.splits)
     conv_kernel[grid](
-        x_, w_, dy_, tensor, m, n, k, reduction.splits,
-        problem.height, problem.width, *problem.out_size,
-        *_strides4(x), *_strides4(w), *_strides4(dy),
-        split_stride, stride_tm, stride_t0, stride_t1, stride_t2,
-        ROLE=role, KH=problem.kernel[0], KW=problem.kernel[1],
-        STRIDE_H=problem.stride[0], STRIDE_W=problem.stride[1], PAD_H=problem.padding[0], PAD_W=problem.padding[1],
-        PRECISION=reduction.precision, ACCUMULATE=reduction.accumulate, TARGET=target_kind(reduction),
-        num_warps=config.num_warps, num_stages=config.num_stages, **config.constexprs(),
+        pointers["x"], pointers["w"], pointers["dy"], tensor,
+        **kernel_arguments(role, problem, strides, reduction.splits, split_stride, mn_view.stride()[-4:]),
+        **kernel_constexprs(role, problem, reduction.precision, reduction.accumulate, kind, config),
+        num_warps=config.num_warps, num_stages=config.num_stages,
     )
-    if target_kind(reduction) == "direct":
+    if kind == "direct":
         return result
     matrix = finish_target(target, reduction, key, out_dtype)
-    return _as_mn_view(matrix.view(m, n // (d1 * d2), d1, d2), role).contiguous()
+    return _as_mn_view(_matrix_as_mn(matrix, problem, role), role).contiguous()
 
 
 def forward(x, w, stride, padding, reduction: Reduction, out_dtype) -> torch.Tensor:
-    problem = ConvProblem(*x.shape, w.shape[0], tuple(w.shape[2:]), stride, padding)
-    return launch("forward", problem, x, w, None, reduction, out_dtype)
+    problem = ConvProblem(*x.shape, w.shape[0], tuple(w.shape[2:]), tuple(stride), tuple(padding))
+    return launch("forward", problem, {"x": x, "w": w}, reduction, out_dtype)
 
 
 def input_grad(grad_out, w, input_size, stride, padding, reduction: Reduction, out_dtype) -> torch.Tensor:
-    problem = ConvProblem(grad_out.shape[0], w.shape[1], *input_size, w.shape[0], tuple(w.shape[2:]), stride, padding)
-    return launch("input_grad", problem, None, w, grad_out, reduction, out_dtype)
+    problem = ConvProblem(grad_out.shape[0], w.shape[1], *input_size, w.shape[0], tuple(w.shape[2:]),
+                          tuple(stride), tuple(padding))
+    return launch("input_grad", problem, {"w": w, "dy": grad_out}, reduction, out_dtype)
 
 
 def weight_grad(x, grad_out, kernel_size, stride, padding, reduction: Reduction, out_dtype) -> torch.Tensor:
-    problem = ConvProblem(*x.shape, grad_out.shape[1], tuple(kernel_size), stride, padding)
-    return launch("weight_grad", problem, x, None, grad_out, reduction, out_dtype)
+    problem = ConvProblem(*x.shape, grad_out.shape[1], tuple(kernel_size), tuple(stride), tuple(padding))
+    return launch("weight_grad", problem, {"x": x, "dy": grad_out}, reduction, out_dtype)
+
+
+# ----------------------------------------------------------------------------- AOT registry
+
+# The layer geometries of the paper's networks (kernel, stride, padding), at ConstNet's batch
+# 128 and widths: 3x3 blocks at stride 1 and 2, 1x1 widening shortcuts at stride 1 and 2.
+AOT_GEOMETRIES = {
+    "3x3 s1": ConvProblem(128, 160, 32, 32, 160, (3, 3), (1, 1), (1, 1)),
+    "3x3 s2": ConvProblem(128, 160, 32, 32, 320, (3, 3), (2, 2), (1, 1)),
+    "1x1 s1": ConvProblem(128, 16, 32, 32, 160, (1, 1), (1, 1), (0, 0)),
+    "1x1 s2": ConvProblem(128, 160, 32, 32, 320, (1, 1), (2, 2), (0, 0)),
+}
+AOT_SM_COUNT = 132  # an H100 SXM
+AOT_SPLITS = 8
+NATURAL_INPUT = {"fp32": "fp32", "tf32": "fp32", "fp16": "fp16", "bf16": "bf16"}
+ROLES = tuple(READS)
+
+
+def _aot_variant(role, geometry, precision, kind, accumulate, representative=False):
+    from .aot import KernelVariant
+
+    problem = AOT_GEOMETRIES[geometry]
+    m, n, _, _ = problem.gemm(role)
+    splits = 1 if kind == "direct" else AOT_SPLITS
+    input_format = NATURAL_INPUT[precision]
+    config = launch_config(precision, m, n, splits, AOT_SM_COUNT, interpreted=False)
+    shapes = problem.operand_shapes()
+    strides = {name: torch.empty(shapes[name], device="meta").stride() for name in READS[role]}
+    if kind == "direct":
+        mn_view = _as_mn_view(torch.empty(problem.result_shape(role), device="meta"), role)
+    else:
+        mn_view = _matrix_as_mn(torch.empty(splits, m, n, device="meta"), problem, role)
+    split_stride = m * n if kind == "workspace" else 0
+    target_format = input_format if kind == "direct" else accumulate
+    args = {"x_ptr": f"*{input_format}", "w_ptr": f"*{input_format}", "dy_ptr": f"*{input_format}",
+            "target_ptr": f"*{target_format}"}
+    args.update(kernel_arguments(role, problem, strides, splits, split_stride, mn_view.stride()[-4:]))
+    constexprs = kernel_constexprs(role, problem, precision, accumulate, kind, config)
+    name = f"conv {role} {geometry} {precision} {kind} acc={accumulate}"
+    return KernelVariant(name, conv_kernel, args, constexprs, config.num_warps, config.num_stages, representative)
+
+
+def aot_variants():
+    """Conv variants for kernels.aot: every role with every precision (one-chunk direct store),
+    and every role with both multi-chunk targets (workspace, atomic); geometries, precisions and
+    accumulate formats rotate through these so each role meets each of them. The kernel's
+    variants multiply (role x geometry x precision x target x accumulate); the geometry only
+    changes index arithmetic and the target and accumulate format only the store, so this
+    covering set compiles every code path without compiling every product."""
+    geometries = list(AOT_GEOMETRIES)
+    precisions = list(NATURAL_INPUT)
+    variants = []
+    for r, role in enumerate(ROLES):
+        for p, precision in enumerate(precisions):
+            variants.append(_aot_variant(role, geometries[(r + p) % 4], precision, "direct", "fp32", p == r))
+        for t, kind in enumerate(("workspace", "atomic")):
+            rotation = 2 * r + t
+            variants.append(_aot_variant(role, geometries[rotation % 4], precisions[(rotation + 1) % 4], kind,
+                                         ("fp32", "fp16", "bf16")[rotation % 3]))
+    return variants

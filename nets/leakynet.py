@@ -6,6 +6,11 @@ blocks computes minus the composed pattern: the network is linear and keeps the 
 initialization without skip connections (up to rounding; BN, after odd blocks, is affine in eval
 mode and normalizes per batch in training mode).
 
+That needs the odd block's pattern to commute with the activation. Selection maps (identity,
+stride subsampling, channel replication) always do, so an all-`i` net computes
++-(subsample and replicate)(stem(x)) at init; averaging does only on inputs whose channels are
+already identical, which holds after a `1` stem (as in the `1...` strings of the paper's Table 2).
+
 Init string: one letter per conv (stem first, then every block), underscores ignored:
   i  identity: centre tap, output channel d <- input channel d mod C_in (replicates channels when
      widening; with stride 2 it picks every second pixel),
@@ -13,11 +18,6 @@ Init string: one letter per conv (stem first, then every block), underscores ign
   h  random: He normal for leaky ReLU, fan-out (std sqrt(2 / (1 + a^2)) / sqrt(9 C_out)).
 Odd blocks (block index 1, 3, 5, ... counting from 0) get their `i`/`1` pattern times -1/a; an
 `h` layer is left as drawn, since scaling a random layer by -1/a would only blow it up.
-
-That needs the odd block's pattern to commute with the activation. Selection maps (identity,
-stride subsampling, channel replication) always do, so an all-`i` net computes
-+-(subsample and replicate)(stem(x)) at init; averaging does only on inputs whose channels are
-already identical, which holds after a `1` stem (as in the `1...` strings of the paper's Table 2).
 """
 from __future__ import annotations
 
@@ -86,14 +86,14 @@ class LeakyBlock(nn.Module):
 class LeakyNet(nn.Module):
     """LeakyNet-`depth`-`widen` (paper section 3): stem conv, 3n conv blocks, no skips, zero fc.
 
-    Same widths and strides as ConstNet (depth = 3n + 4; 13 convs at depth 16). The stem is a
-    bare 3x3 conv (then `stem_dropout`); the head is LeakyReLU(slope), global average pool and a
-    linear layer with weight and bias 0. `init=None` picks `default_init(depth)`.
+    Same widths and strides as ConstNet (depth = 3n + 4; 13 convs and 16,853,562 parameters at
+    depth 16, widen 10). The stem is a bare 3x3 conv (then `stem_dropout`); the head is
+    LeakyReLU(slope), global average pool and a linear layer with weight and bias 0.
+    `init=None` picks `default_init(depth)`.
 
-    Where the paper's text and its reference code differ: the reference stem `1` had centre tap
-    sqrt(2)/C_in, here 1/C_in (a pure average, as in ConstNet); the reference applied BN after
-    every block, here after odd blocks only, closing each linear pair; the head's activation is
-    the leaky ReLU, as in the reference code.
+    BN follows odd blocks only, i.e. closes each linear pair. Relative to the paper's reference
+    code: its `1` stem had centre tap sqrt(2)/C_in, here 1/C_in (a pure average, as in
+    ConstNet); the head's activation is the leaky ReLU there and here.
     """
 
     def __init__(self, depth: int = 16, widen: int = 10, init: str | None = None, slope: float = 0.01,

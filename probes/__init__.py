@@ -1,7 +1,11 @@
 """Measurements: channel symmetry, bitwise divergence, accumulation order, noise, device records.
 
-Importing this package touches neither CUDA nor triton; probes that run kernels import them
-when called.
+Modules: symmetry (weight correlations, effective width), perturbation (symmetry-breaking
+perturbation of features), ulp / compare / fingerprint (bitwise divergence), reveal (summation
+tree recovery), noise (error and run-to-run spread), audit (non-deterministic ops), workloads
+(seeded ops and training runs), suite (the cross-machine fingerprint suite), device (NVML
+records), table (text tables). Importing this package touches neither CUDA nor triton; probes
+that run kernels import them when called.
 """
 from .compare import Comparison, compare, compare_dicts
 from .device import describe_device, device_info
@@ -11,10 +15,13 @@ from .symmetry import (
     backward_correlation,
     effective_width,
     forward_correlation,
-    layer_symmetry,
     mean_dissimilarity,
     model_symmetry,
+    state_dict_symmetry,
+    symmetry_report,
+    weight_symmetry,
 )
+from .perturbation import perturbation_ratio, symmetry_perturbation
 from .ulp import ordered_bits, ulp_distance
 
 __all__ = [
@@ -28,9 +35,13 @@ __all__ = [
     "effective_width",
     "fingerprint",
     "forward_correlation",
-    "layer_symmetry",
     "mean_dissimilarity",
     "model_symmetry",
     "ordered_bits",
+    "perturbation_ratio",
+    "state_dict_symmetry",
+    "symmetry_perturbation",
+    "symmetry_report",
     "ulp_distance",
+    "weight_symmetry",
 ]

@@ -100,12 +100,18 @@ def _gpu_record(nvml, index: int) -> dict:
     return fields.result()
 
 
+def _uuid_key(uuid) -> str:
+    """A UUID as NVML ("GPU-8c...") or torch ("8c...") writes it, in one comparable form."""
+    text = str(uuid).lower()
+    return text[4:] if text.startswith("gpu-") else text
+
+
 def _torch_properties() -> dict:
-    """torch's view of each visible CUDA device, keyed by NVML-style UUID ("GPU-...")."""
+    """torch's view of each visible CUDA device, keyed by normalised UUID."""
     by_uuid = {}
     for index in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(index)
-        by_uuid[f"GPU-{props.uuid}"] = {
+        by_uuid[_uuid_key(props.uuid)] = {
             "torch_index": index,
             "sm_count": props.multi_processor_count,
             "torch_name": props.name,
@@ -123,7 +129,7 @@ def _add_torch_view(gpus: list[dict]) -> None:
         return
     props, reason = _call(_torch_properties)
     for gpu in gpus:
-        match = (props or {}).get(gpu.get("uuid"))
+        match = (props or {}).get(_uuid_key(gpu.get("uuid")))
         if match is None:
             gpu["sm_count"] = None
             gpu["unreadable"]["sm_count"] = reason or "device not visible to torch (CUDA_VISIBLE_DEVICES?)"

@@ -4,9 +4,10 @@ For one op, shape and Reduction:
   - error: each output element against the float64 reference, as the ULP distance (in the
     output dtype) to the correctly rounded reference, and as the relative error
     |out - ref| / |ref| (elements with ref = 0 are left out of the relative error);
-  - spread: the op run `repeats` times on the same inputs (splitk calls take consecutive call
-    numbers, so each run has its own order; atomic runs race): the fraction of elements that
-    differ bitwise from the first run in any later run, and the largest ULP distance to it.
+  - spread: the op run `repeats` times on the same inputs (splitk calls take call numbers
+    0, 1, ... of a fresh counter, so each run has its own, replayable order; atomic runs race):
+    the fraction of elements that differ bitwise from the first run in any later run, and the
+    largest ULP distance to it.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ QUANTILES = {"median": 0.5, "p99": 0.99, "max": 1.0}
 
 
 def _quantiles(values: torch.Tensor) -> dict:
+    """Nearest-rank median, 99th percentile and maximum of the non-NaN values."""
     values = values[~torch.isnan(values)].to(torch.float64)
     if values.numel() == 0:
         return {name: None for name in QUANTILES}
@@ -54,8 +56,11 @@ def noise_magnitude(op: str, shape, reduction, backend: str = "auto", repeats: i
     """Error against float64 and run-to-run spread of one op under one Reduction (see module doc)."""
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats={repeats!r} is not allowed; use an int >= 1")
+    import kernels
+
     inputs = make_inputs(op, shape, seed, dtype, device)
-    outputs = [run_op(op, shape, inputs, reduction, backend) for _ in range(repeats)]
+    with kernels.counting(kernels.CallCounter()):  # calls 0, 1, ...: the table is replayable
+        outputs = [run_op(op, shape, inputs, reduction, backend) for _ in range(repeats)]
     return {
         "op": op,
         "shape": str(shape),

@@ -40,8 +40,6 @@ FORMATS = {
     "bf16": (8, -126, 127),
     "fp16": (11, -14, 15),
 }
-TORCH_FORMATS = {torch.float64: "fp64", torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-DTYPES = {name: dtype for dtype, name in TORCH_FORMATS.items()}
 
 
 def _check_format(name: str, value: str) -> None:

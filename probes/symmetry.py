@@ -122,16 +122,13 @@ class LayerSymmetry:
         return asdict(self)
 
 
-def layer_symmetry(name: str, module: nn.Module, kind: str = "cosine", max_rows: int | None = None,
-                   seed: int = 0) -> LayerSymmetry:
-    """Forward and backward correlation and effective width of one nn.Conv2d / nn.Linear."""
-    if not isinstance(module, (nn.Conv2d, nn.Linear)):
-        raise TypeError(f"{name}: expected nn.Conv2d or nn.Linear, got {type(module).__name__}")
-    w = module.weight
+def weight_symmetry(name: str, w: torch.Tensor, kind: str = "cosine", max_rows: int | None = None,
+                    seed: int = 0) -> LayerSymmetry:
+    """Forward and backward correlation and effective width of one conv (4-D) or linear (2-D) weight."""
     forward = forward_correlation(w, kind, max_rows, seed)
     return LayerSymmetry(
         name=name,
-        kind="conv" if isinstance(module, nn.Conv2d) else "linear",
+        kind="conv" if w.dim() == 4 else "linear",
         n_out=w.shape[0],
         n_in=w.shape[1],
         forward=forward,
@@ -140,19 +137,14 @@ def layer_symmetry(name: str, module: nn.Module, kind: str = "cosine", max_rows:
     )
 
 
-def model_symmetry(model: nn.Module, kind: str = "cosine", max_rows: int | None = None, seed: int = 0,
-                   summary_kinds: tuple = ("conv",)) -> dict:
-    """Per-layer symmetry of every conv/linear layer and the model summary.
+def symmetry_report(named_weights, kind: str = "cosine", max_rows: int | None = None, seed: int = 0,
+                    summary_kinds: tuple = ("conv",)) -> dict:
+    """Per-layer symmetry of (name, weight) pairs and the summary over `summary_kinds` layers.
 
-    The summary (max forward C and mean dissimilarity) covers the layers whose kind is in
-    `summary_kinds`; the default, conv layers only, matches the paper's Table 2 (13 conv layers;
-    the zero-initialised classifier would otherwise pin max C_f at 1).
+    The summary (max forward C and mean dissimilarity) covers conv layers by default, as the
+    paper's Table 2 (13 conv layers; a zero-initialised classifier would otherwise pin max C_f at 1).
     """
-    layers = [
-        layer_symmetry(name, module, kind, max_rows, seed)
-        for name, module in model.named_modules()
-        if isinstance(module, (nn.Conv2d, nn.Linear))
-    ]
+    layers = [weight_symmetry(name, w, kind, max_rows, seed) for name, w in named_weights]
     summarised = [layer.forward for layer in layers if layer.kind in summary_kinds]
     return {
         "kind": kind,
@@ -161,3 +153,18 @@ def model_symmetry(model: nn.Module, kind: str = "cosine", max_rows: int | None 
         "max_forward": max(summarised) if summarised else None,
         "mean_dissimilarity": mean_dissimilarity(summarised) if summarised else None,
     }
+
+
+def model_symmetry(model: nn.Module, kind: str = "cosine", max_rows: int | None = None, seed: int = 0,
+                   summary_kinds: tuple = ("conv",)) -> dict:
+    """symmetry_report of every nn.Conv2d / nn.Linear (subclasses included) of a model."""
+    named = [(name, m.weight) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return symmetry_report(named, kind, max_rows, seed, summary_kinds)
+
+
+def state_dict_symmetry(state: dict, kind: str = "cosine", max_rows: int | None = None, seed: int = 0,
+                        summary_kinds: tuple = ("conv",)) -> dict:
+    """symmetry_report of a state_dict's conv (4-D) and linear (2-D) ".weight" entries, in order."""
+    named = [(key[: -len(".weight")], value) for key, value in state.items()
+             if key.endswith(".weight") and isinstance(value, torch.Tensor) and value.dim() in (2, 4)]
+    return symmetry_report(named, kind, max_rows, seed, summary_kinds)

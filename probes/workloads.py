@@ -14,7 +14,6 @@ inputs with torch's own ops. Training runs use random images and labels drawn pe
 """
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import asdict, dataclass
 
@@ -181,7 +180,11 @@ def build_model(setup: TrainingSetup, policy, backend: str = "auto", device="cpu
     import kernels
     import nets
 
-    options = {"in_channels": setup.in_channels, "num_classes": setup.num_classes, **dict(setup.net_options)}
+    if setup.net.lower() == "mlp":  # the MLP sees flattened images
+        inputs = {"in_features": setup.in_channels * setup.image_size ** 2}
+    else:
+        inputs = {"in_channels": setup.in_channels}
+    options = {**inputs, "num_classes": setup.num_classes, **dict(setup.net_options)}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(setup.seed)
         model = nets.build(setup.net, **options)
@@ -226,11 +229,7 @@ def train(setup: TrainingSetup, policy, backend: str = "auto", device="cpu") -> 
             loss = F.cross_entropy(model(images), labels)
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             states.append(snapshot(model))
     return {"losses": losses, "states": states}
 
-
-def clone_module(module: nn.Module) -> nn.Module:
-    """An independent copy (parameters, buffers and policy attributes)."""
-    return copy.deepcopy(module)

@@ -1,5 +1,6 @@
 """Datasets, the IDX reader, the augmentation and the seeded, resumable batch loader."""
 import gzip
+import pickle
 import shutil
 from pathlib import Path
 
@@ -159,6 +160,29 @@ def test_mnist_bare_t10k_directory_copy(tmp_path):
     assert torch.equal(plain.train.images, load_dataset("mnist", data_dir=SHARED_MNIST).train.images)
 
 
+def test_cifar10_from_batch_files(tmp_path):
+    rng = np.random.default_rng(13)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    batches = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batches[name] = {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
+                         "labels": rng.integers(0, 10, 4).tolist()}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batches[name], f)
+    for data_dir in (tmp_path, folder):
+        data = load_dataset("cifar10", data_dir=data_dir)
+        assert (data.info.train_size, data.info.test_size, data.info.image_size) == (20, 4, (32, 32))
+        assert data.info.augmentation == "PadCropFlip(pad=4, flip=True)"
+        assert data.info.mean == CIFAR10_MEAN
+    pixels = torch.from_numpy(batches["test_batch"]["data"]).view(4, 3, 32, 32).double() / 255
+    mean, std = (torch.tensor(v, dtype=torch.float64).view(1, 3, 1, 1) for v in (CIFAR10_MEAN, CIFAR10_STD))
+    # two float32 roundings: pixel / 255 (<= 2**-25, amplified by 1 / std < 4.2) and the
+    # normalized value (|value| < 4, half an ulp <= 2**-23): together < 2**-21
+    assert torch.allclose(data.test.images.double(), (pixels - mean) / std, rtol=0, atol=2.0**-21)
+    assert data.train.labels.tolist() == sum((batches[f"data_batch_{i}"]["labels"] for i in range(1, 6)), [])
+
+
 def test_missing_data_errors_name_directory_and_files(tmp_path):
     with pytest.raises(FileNotFoundError, match=rf"no MNIST test files in '{tmp_path}'.*t10k-images-idx3-ubyte"):
         load_dataset("mnist", data_dir=tmp_path)
@@ -173,7 +197,8 @@ def test_missing_data_errors_name_directory_and_files(tmp_path):
 
 @pytest.mark.parametrize("name, options, error, match", [
     ("imagenet", {}, ValueError, "unknown dataset 'imagenet'; choose one of 'digits', 'synthetic', 'mnist', 'cifar10'"),
-    ("digits", {"image_size": 4}, ValueError, r"unknown option\(s\) 'image_size' for dataset 'digits'; allowed: seed, test_size"),
+    ("digits", {"image_size": 4}, ValueError,
+     r"unknown option\(s\) 'image_size' for dataset 'digits'; allowed: seed, test_size"),
     ("digits", {"seed": -1}, ValueError, "seed=-1"),
     ("digits", {"test_size": 1797}, ValueError, "test_size=1797"),
     ("digits", {"download": "yes"}, TypeError, "download must be True or False"),
@@ -262,9 +287,9 @@ def test_loader_resumes_bit_exactly_mid_epoch(generator):
         assert torch.equal(a.images, b.images), f"epoch {a.epoch} step {a.step} differs after resuming"
         assert torch.equal(a.labels, b.labels)
     loader = BatchLoader(data, 32, seed=7, augment=PadCropFlip(pad=2))
-    assert torch.equal(loader.batch(2, 5).images, full[len(full) - len(resumed) + (len(loader) - 4) + 5].images)
-    two = [b.images for b in loader.epoch(0)][:2]
-    assert not torch.equal(two[0], data.images[loader.order(0)[:32]]), "augmentation must change the images"
+    assert torch.equal(loader.batch(2, 5).images, full[2 * len(loader) + 5].images), "random access differs"
+    first = loader.batch(0, 0)
+    assert not torch.equal(first.images, data.images[loader.order(0)[:32]]), "augmentation must change the images"
 
 
 def test_loader_without_shuffle_keeps_stored_order():
@@ -295,6 +320,9 @@ def test_loader_arguments_are_validated():
 
 
 def test_derived_generators_are_pure_functions_of_their_path():
-    draw = lambda *path: torch.randint(0, 2**31, (4,), generator=derive_generator(*path))  # noqa: E731
-    assert torch.equal(draw(1, 0, 5), draw(1, 0, 5))
-    assert len({tuple(draw(*p).tolist()) for p in [(1, 0, 5), (1, 0, 6), (1, 1, 5), (2, 0, 5), (1, 0, 5, 0)]}) == 5
+    def draw(*args):
+        return tuple(torch.randint(0, 2**31, (4,), generator=derive_generator(*args)).tolist())
+
+    assert draw(1, "order", 5) == draw(1, "order", 5)
+    paths = [(1, "order", 5), (1, "order", 6), (1, "augment", 5), (2, "order", 5), (1, "order", 5, 0), (1, "order")]
+    assert len({draw(*p) for p in paths}) == len(paths)

@@ -221,6 +221,7 @@ def test_constnet_he_init():
 
 # ---------------------------------------------------------------- LeakyNet
 
+@torch.no_grad()
 def leaky_features(model, x):
     return model.blocks(model.stem(x))
 
@@ -245,6 +246,7 @@ def test_leakynet_odd_averaging_after_distinct_channels_is_not_linear(generator)
     assert gap.abs().max() > 1e-3
 
 
+@torch.no_grad()
 def test_leakynet_all_identity_preserves_the_signal(generator):
     model = LeakyNet(**SMALL, init="iiiiiii", batchnorm=False)
     x = torch.randn(4, 3, 16, 16, generator=generator)

@@ -12,6 +12,7 @@ from probes import (
     forward_correlation,
     mean_dissimilarity,
     model_symmetry,
+    state_dict_symmetry,
 )
 
 
@@ -117,3 +118,11 @@ def test_model_symmetry_reports_every_conv_and_linear(generator):
     assert report["max_forward"] == pytest.approx(1.0)
     expected = (math.sqrt(1 - layers["0"]["forward"] ** 2) + 0.0) / 2
     assert report["mean_dissimilarity"] == pytest.approx(expected)
+
+
+def test_state_dict_symmetry_reads_conv_and_linear_weights(generator):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+    from_model = model_symmetry(model)
+    from_state = state_dict_symmetry(model.state_dict())
+    assert [layer["name"] for layer in from_state["layers"]] == ["0", "3"]  # batch norm weights are 1-D
+    assert from_state["layers"] == from_model["layers"]

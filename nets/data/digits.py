@@ -21,7 +21,8 @@ def load_digits(seed: int = 0, test_size: int = DIGITS_TEST_SIZE) -> Dataset:
     labels = torch.from_numpy(bunch.target)
     check_int("test_size", test_size)
     if test_size >= len(labels):
-        raise ValueError(f"test_size={test_size} is not allowed; digits has {len(labels)} images, test_size must be smaller")
+        raise ValueError(f"test_size={test_size} is not allowed; digits has {len(labels)} images, "
+                         "test_size must be smaller")
     train, test = seeded_split(len(labels), test_size, seed)
     source = (f"scikit-learn load_digits: {len(labels)} images, split with seed {seed} into "
               f"{len(train)} train / {len(test)} test")

@@ -5,17 +5,12 @@ exactly the batches it would have seen without the interruption.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Iterator, NamedTuple
 
 import torch
 
 from ..checks import check_bool, check_int
 from .splits import ImageSet, derive_generator
-
-ORDER_STREAM = 0
-AUGMENT_STREAM = 1
-
 
 class Batch(NamedTuple):
     epoch: int
@@ -50,15 +45,15 @@ class BatchLoader:
 
     def __len__(self) -> int:
         """Steps per epoch (391 for CIFAR-10's 50000 images at batch 128)."""
-        rounding = math.floor if self.drop_last else math.ceil
-        return rounding(len(self.data) / self.batch_size)
+        full, rest = divmod(len(self.data), self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
 
     def order(self, epoch: int) -> torch.Tensor:
         """The example indices of `epoch`, in visiting order (CPU int64)."""
         check_int("epoch", epoch, minimum=0)
         if not self.shuffle:
             return torch.arange(len(self.data))
-        return torch.randperm(len(self.data), generator=derive_generator(self.seed, ORDER_STREAM, epoch))
+        return torch.randperm(len(self.data), generator=derive_generator(self.seed, "order", epoch))
 
     def batch(self, epoch: int, step: int, order: torch.Tensor | None = None) -> Batch:
         """Batch `step` of `epoch`; pass `order(epoch)` when drawing many batches of one epoch."""
@@ -69,7 +64,7 @@ class BatchLoader:
         index = order[step * self.batch_size:(step + 1) * self.batch_size].to(self.data.labels.device)
         images = self.data.images[index]
         if self.augment is not None:
-            images = self.augment(images, derive_generator(self.seed, AUGMENT_STREAM, epoch, step))
+            images = self.augment(images, derive_generator(self.seed, "augment", epoch, step))
         return Batch(epoch, step, images, self.data.labels[index])
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:

@@ -1,6 +1,7 @@
 """The containers every dataset returns, and the helpers they share (seeded streams, splits, stats)."""
 from __future__ import annotations
 
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -11,14 +12,16 @@ import torch
 from ..checks import check_int
 
 
-def derive_generator(seed: int, *path: int) -> torch.Generator:
-    """A CPU generator seeded from (seed, *path) by numpy's SeedSequence.
+def derive_generator(seed: int, stream: str, *path: int) -> torch.Generator:
+    """A CPU generator seeded from (seed, stream name, *path) by numpy's SeedSequence.
 
-    Distinct paths give independent streams, and the stream for a path is a pure function of
-    it, so e.g. the order of epoch 7 never depends on how many numbers epoch 6 drew.
+    Distinct streams and paths give independent generators, and each is a pure function of its
+    arguments, so e.g. the order of epoch 7 never depends on how many numbers epoch 6 drew. The
+    path length enters the entropy too, since SeedSequence alone equates [1, 5] and [1, 5, 0].
     """
     check_int("seed", seed, minimum=0)
-    state = np.random.SeedSequence([seed, *path]).generate_state(1, dtype=np.uint64)[0]
+    entropy = [seed, zlib.crc32(stream.encode()), len(path), *path]
+    state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator().manual_seed(int(state))
 
 
@@ -81,24 +84,27 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     return tuple(flat.mean(1).tolist()), tuple(flat.std(1).tolist())
 
 
-def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
-    """(images - mean) / std per channel, as float32."""
+def normalize(images: torch.Tensor, mean, std, chunk: int = 8192) -> torch.Tensor:
+    """(images - mean) / std per channel, computed in float64 `chunk` images at a time, as float32."""
     shape = (1, -1, 1, 1)
     mean = torch.tensor(mean, dtype=torch.float64).view(shape)
     std = torch.tensor(std, dtype=torch.float64).view(shape)
-    return ((images.to(torch.float64) - mean) / std).to(torch.float32)
+    out = torch.empty(images.shape, dtype=torch.float32)
+    for start in range(0, len(images), chunk):
+        out[start:start + chunk] = (images[start:start + chunk].to(torch.float64) - mean) / std
+    return out
 
 
 def seeded_split(n: int, test_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Disjoint (train, test) index tensors covering range(n), from a permutation seeded by `seed`."""
-    order = torch.randperm(n, generator=derive_generator(seed, n, test_size))
+    order = torch.randperm(n, generator=derive_generator(seed, "split", n, test_size))
     return order[test_size:].sort().values, order[:test_size].sort().values
 
 
 def build_dataset(name: str, train_images: torch.Tensor, train_labels: torch.Tensor,
                   test_images: torch.Tensor, test_labels: torch.Tensor, num_classes: int, source: str,
                   mean=None, std=None, augment=None) -> Dataset:
-    """Normalize raw images (float or uint8, (N, C, H, W)) and describe them.
+    """Normalize images (N, C, H, W) with values in [0, 1] and describe them.
 
     mean/std default to the training split's own per-channel statistics.
     """

@@ -15,10 +15,6 @@ import torch
 from ..checks import check_int, check_real
 from .splits import Dataset, build_dataset, derive_generator
 
-TRAIN_STREAM = 0
-TEST_STREAM = 1
-
-
 def oriented_gratings(count: int, num_classes: int, channels: int, image_size: int, noise: float,
                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """`count` images (count, channels, image_size, image_size) and their labels."""
@@ -46,8 +42,8 @@ def load_synthetic(seed: int = 0, train_size: int = 2560, test_size: int = 512, 
     check_int("image_size", image_size, minimum=2)
     check_real("noise", noise, 0.0, math.inf)
     shape = (num_classes, channels, image_size, noise)
-    train = oriented_gratings(train_size, *shape, derive_generator(seed, TRAIN_STREAM))
-    test = oriented_gratings(test_size, *shape, derive_generator(seed, TEST_STREAM))
+    train = oriented_gratings(train_size, *shape, derive_generator(seed, "synthetic-train"))
+    test = oriented_gratings(test_size, *shape, derive_generator(seed, "synthetic-test"))
     source = (f"synthetic oriented gratings, seed {seed}: {num_classes} orientations, {channels} x "
               f"{image_size} x {image_size}, noise std {noise}")
     return build_dataset("synthetic", *train, *test, num_classes, source)

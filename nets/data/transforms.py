@@ -30,7 +30,8 @@ class PadCropFlip:
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         batch, _, height, width = images.shape
         if self.pad >= min(height, width):
-            raise ValueError(f"pad={self.pad} must be smaller than the image sides {height}x{width} for reflect padding")
+            raise ValueError(f"pad={self.pad} must be smaller than the image sides {height}x{width} "
+                             "for reflect padding")
         offsets = torch.randint(0, 2 * self.pad + 1, (batch, 2), generator=generator)
         flips = torch.rand(batch, generator=generator) < (0.5 if self.flip else 0.0)
         rows = offsets[:, :1] + torch.arange(height)

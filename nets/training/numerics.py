@@ -11,11 +11,13 @@ deterministic), and for --reduction native only with --native-deterministic (the
 """
 from __future__ import annotations
 
+import math
 import os
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from kernels import Policy, Reduction
 from kernels.backends import resolve_backend
@@ -120,21 +122,54 @@ def numerics_from_config(config: RunConfig, device: torch.device) -> Numerics:
     )
 
 
+def prepare_cuda_environment(numerics: Numerics, device: torch.device) -> None:
+    """Set CUBLAS_WORKSPACE_CONFIG for deterministic cuBLAS (unless the user set it).
+
+    cuBLAS reads it when it creates its first handle, so call this before any GPU work.
+    """
+    if numerics.deterministic_torch and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+
+
+def reduction_lengths(layer: nn.Module) -> dict[str, int]:
+    """K of the forward and input-gradient reductions of a conv or linear layer."""
+    if isinstance(layer, nn.Conv2d):
+        taps = math.prod(layer.kernel_size)
+        return {"forward": layer.in_channels * taps, "input_grad": layer.out_channels * taps}
+    return {"forward": layer.in_features, "input_grad": layer.out_features}
+
+
+def check_splits_fit(model: nn.Module, policy: Policy) -> None:
+    """Refuse a --splits larger than a layer's reduction, naming the layer (before training starts)."""
+    for name, layer in model.named_modules():
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+            continue
+        for role, length in reduction_lengths(layer).items():
+            splits = getattr(policy, role).splits
+            if splits > length:
+                raise ValueError(
+                    f"--splits={splits} exceeds the {role} reduction of layer {name!r} (K={length}); "
+                    f"choose --splits <= {length}"
+                )
+
+
 @contextmanager
 def torch_switches(numerics: Numerics, device: torch.device):
     """Set torch's determinism and TF32 switches for the run; restore the previous ones after."""
     saved = (
         torch.are_deterministic_algorithms_enabled(),
         torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.utils.deterministic.fill_uninitialized_memory,
         torch.backends.cudnn.deterministic,
         torch.backends.cudnn.benchmark,
         torch.backends.cudnn.allow_tf32,
         torch.backends.cuda.matmul.allow_tf32,
     )
-    if numerics.deterministic_torch and device.type == "cuda":
-        # cuBLAS reads this when it creates its first handle; a run in a fresh process sets it in time.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     torch.use_deterministic_algorithms(numerics.deterministic_torch)
+    # Deterministic mode would also fill every torch.empty with NaN (a check for reads of
+    # uninitialised memory, not a part of determinism); that costs a pass over every buffer
+    # the emulated reductions allocate, so it stays off.
+    torch.utils.deterministic.fill_uninitialized_memory = False
     torch.backends.cudnn.deterministic = numerics.deterministic_torch
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.allow_tf32 = numerics.tf32
@@ -143,8 +178,9 @@ def torch_switches(numerics: Numerics, device: torch.device):
         yield
     finally:
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-        (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
-         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) = saved[2:]
+        (torch.utils.deterministic.fill_uninitialized_memory, torch.backends.cudnn.deterministic,
+         torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
+         torch.backends.cuda.matmul.allow_tf32) = saved[2:]
 
 
 def autocast(numerics: Numerics, device: torch.device):

@@ -68,9 +68,14 @@ def environment() -> dict:
     }
 
 
+def device_record() -> dict:
+    """The device record (NVML GPUs, or the CPU host without them) as it is right now."""
+    return probes.device_info()
+
+
 def env_record() -> dict:
     """Everything env.json holds at the start of a run (device_end is added when it ends)."""
-    device = probes.device_info()
+    device = device_record()
     host = device.get("host", {})
     return {
         "host": host.get("hostname"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import tempfile
 import time
 from pathlib import Path
@@ -36,16 +37,19 @@ def default_run_dir(net: str, reduction: str, dtype: str, root: str | Path = "ru
 
 
 def _atomic_write(path: Path, write) -> None:
-    """Call write(handle) on a temporary file beside `path`, then rename it over `path`."""
-    handle = tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    """Call write(handle) on a temporary file beside `path`, then rename it over `path`.
+
+    The temporary file is created like any other file (umask permissions, unlike mkstemp's 0600).
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with handle:
+        with open(temporary, "xb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(handle.name, path)
+        os.replace(temporary, path)
     except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
 
 

@@ -1,0 +1,57 @@
+"""Human-readable output of a run: progress lines and the final table."""
+from __future__ import annotations
+
+
+def format_correlation(c: float | None) -> str:
+    """C with enough digits to see it leave 1: near 1 as "1-gap" (exactly 1: still symmetric)."""
+    if c is None:
+        return "-"
+    if c >= 1.0:
+        return "1 (symmetric)"
+    return f"1-{1.0 - c:.1e}" if c > 0.9999 else f"{c:.4f}"
+
+
+def progress_line(record: dict, total_steps: int, max_forward: float | None) -> str:
+    """One line per train record: step, epoch, loss, accuracy, rate, current max C_f."""
+    return (
+        f"step {record['step']:>6}/{total_steps}  epoch {record['epoch']:6.2f}  loss {record['loss']:.4f}  "
+        f"acc {100 * record['acc']:5.1f}%  lr {record['lr']:.3g}  {record['images_per_s']:7.0f} img/s  "
+        f"max C_f {format_correlation(max_forward)}"
+    )
+
+
+def test_line(record: dict) -> str:
+    return f"test  step {record['step']:>6}  epoch {record['epoch']:6.2f}  loss {record['loss']:.4f}  acc {100 * record['acc']:5.1f}%"
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+
+
+def final_table(summary: dict, last_symmetry: dict | None) -> str:
+    """The run's summary and its last per-layer symmetry record, as aligned text."""
+    percent = lambda value: "-" if value is None else f"{100 * value:.2f}%"  # noqa: E731
+    broke = summary["symmetry_broke_step"]
+    lines = _table([
+        ("run", summary["run_dir"]),
+        ("numerics", summary["numerics"]),
+        ("steps", f"{summary['steps']} ({summary['epochs']:.2f} epochs)"),
+        ("final test accuracy", percent(summary["final_test_acc"])),
+        ("best test accuracy", f"{percent(summary['best_test_acc'])} at step {summary['best_test_step']}"),
+        ("symmetry broke at step", "never (max C_f stayed >= threshold)" if broke is None else str(broke)),
+        ("threshold", f"max forward C_f over {summary['symmetry_layers']} layers < {summary['symmetry_threshold']}"),
+        ("final max C_f", format_correlation(summary["final_max_forward"])),
+        ("mean dissimilarity", "-" if summary["final_mean_dissimilarity"] is None
+         else f"{summary['final_mean_dissimilarity']:.4f}"),
+        ("total time", f"{summary['total_seconds']:.1f} s"),
+        ("throughput", f"{summary['images_per_s']:.0f} images/s (training steps only)"),
+    ])
+    if last_symmetry:
+        lines += ["", f"per-layer symmetry at step {last_symmetry['step']}:"]
+        lines += _table([("layer", "out", "in", "C_f", "C_b", "eff. width")] + [
+            (layer["name"], str(layer["n_out"]), str(layer["n_in"]), format_correlation(layer["forward"]),
+             format_correlation(layer["backward"]), f"{layer['effective_width']:.1f}")
+            for layer in last_symmetry["layers"]
+        ])
+    return "\n".join(lines)
