@@ -17,8 +17,10 @@ from .order import GRANULARITY_CODES, ORDER_TILE, PERMUTATIONS, permutation_tabl
 _BIT_VIEWS = {8: torch.int64, 4: torch.int32, 2: torch.int16}
 
 
-@numba.njit(parallel=True, cache=True)
-def _gather_in_order(partials, table, key, n_cols, granularity, out):  # pragma: no cover - compiled
+PARALLEL_MIN_ELEMENTS = 1 << 16  # below this, starting threads costs more than the loop
+
+
+def _gather_loop(partials, table, key, n_cols, granularity, out):  # pragma: no cover - compiled
     splits, total = partials.shape
     tiles_per_row = (n_cols + ORDER_TILE - 1) // ORDER_TILE
     for e in numba.prange(total):
@@ -38,11 +40,16 @@ def _gather_in_order(partials, table, key, n_cols, granularity, out):  # pragma:
             out[position, e] = partials[table[row, position], e]
 
 
+_gather_serial = numba.njit(cache=True)(_gather_loop)
+_gather_parallel = numba.njit(parallel=True, cache=True)(_gather_loop)
+
+
 def gather_in_order(partials: torch.Tensor, key: int, granularity: str) -> torch.Tensor:
     """CPU partials (splits, M, N) rearranged so that position 0 along dim 0 is added first."""
     splits, m, n = partials.shape
     bits = partials.contiguous().view(_BIT_VIEWS[partials.element_size()]).view(splits, m * n)
     table = permutation_table(key, splits).to(torch.int32).numpy()
     out = torch.empty_like(bits)
-    _gather_in_order(bits.numpy(), table, np.uint32(key), n, GRANULARITY_CODES[granularity], out.numpy())
+    gather = _gather_parallel if m * n >= PARALLEL_MIN_ELEMENTS else _gather_serial
+    gather(bits.numpy(), table, np.uint32(key), n, GRANULARITY_CODES[granularity], out.numpy())
     return out.view(partials.dtype).view(splits, m, n)

@@ -24,6 +24,8 @@ Host API
         where a kernel writes its partials; split_stride is the element stride between
         chunks (0 unless kind == "workspace").
     allocate_target(reduction, m, n, out_dtype, device) -> ReductionTarget
+        ValueError for outputs of 2**31 elements or more and for splits > MAX_SPLITS (65535:
+        chunks are grid axis 1).
     finish_target(target, reduction, key, out_dtype) -> Tensor (m, n)
         reduce a workspace in order, or convert an atomic target / direct output.
     launch_ordered_sum(workspace, out, *, ordered, key, granularity)
@@ -48,13 +50,12 @@ Triton interpreter deviations (TRITON_INTERPRET=1), all confined to this module:
   * fp32 -> bf16 casts truncate instead of rounding to nearest even, so bf16 rounding is done
     on the fp32 bit pattern (exactly as kernels.formats.round_to_tf32 does for tf32) before
     the then-exact cast;
-  * `tl.dot` on bf16 multiplies the raw bit patterns and on fp16 its result differs from the
-    compiled kernel's fp32 accumulation, so fp16/bf16 operands are rounded to their format and
-    kept in fp32: the values are exact in fp32 and their products exact, so the arithmetic is
-    unchanged;
-  * fp16/bf16 atomic adds are unsupported, so atomic targets are fp32 there: each partial is
-    still rounded to the accumulate format before it is added, but the running sum is rounded
-    to it only once at the end;
+  * `tl.dot` on bf16 multiplies the raw bit patterns (bf16 is stored as uint16 there), so bf16
+    operands are rounded to bf16 and kept in fp32: the values are exact in fp32 and their
+    products exact, so the arithmetic is unchanged (fp16 dots are right: numpy forms them in fp32);
+  * bf16 atomic adds are unsupported ("Unsupported data type"), so bf16 atomic targets are fp32
+    there: each partial is still rounded to bf16 before it is added, but the running sum is
+    rounded to bf16 only once at the end (fp16 atomics work and round every add);
   * tf32 is not emulated by the interpreter's dot; the operands are already exact tf32 values
     (rounded here), so an fp32 dot of them gives the same products.
 """
@@ -70,8 +71,6 @@ from .formats import ACCUMULATE_DTYPES
 from .order import MASK32, ORDER_TILE, PERMUTATIONS, permutation_table
 from .reduction import Reduction
 
-FORMATS = ("fp32", "tf32", "fp16", "bf16")
-TARGET_KINDS = ("direct", "workspace", "atomic")
 ORDERED_SUM_BLOCK = 1024
 ORDERED_SUM_WARPS = 4
 
@@ -137,13 +136,11 @@ def dot_operand(x, PRECISION: tl.constexpr):
     """A loaded tile as the multiplier sees it: rounded to PRECISION.
 
     fp32/tf32 operands are fp32 (tf32 values rounded on the bit pattern); fp16/bf16 operands are
-    fp16/bf16 for the tensor cores, or fp32 holding those values under the interpreter.
+    fp16/bf16 for the tensor cores, except bf16 under the interpreter: fp32 holding bf16 values.
     """
     if PRECISION == "fp16":
         if x.dtype != tl.float16:
             x = x.to(tl.float32).to(tl.float16)
-        if INTERPRETED:
-            x = x.to(tl.float32)
         return x
     elif PRECISION == "bf16":
         if x.dtype != tl.bfloat16:
@@ -227,7 +224,7 @@ def _ordered_sum_kernel(
     total = tl.zeros([BLOCK], dtype=tl.float32)
     for position in range(0, SPLITS):
         if ORDERED:
-            chunk = tl.load(order_ptrs + position, mask=mask, other=0).to(tl.int64)
+            chunk = tl.load(order_ptrs + (SPLITS - 1 - position), mask=mask, other=0).to(tl.int64)
         else:
             chunk = position
         term = tl.load(ws_ptr + chunk * stride_ws + offs, mask=mask, other=0.0).to(tl.float32)
@@ -242,6 +239,7 @@ def _ordered_sum_kernel(
 
 
 INDEX_LIMIT = 2**31
+MAX_SPLITS = 65535  # chunks are grid axis 1, which CUDA limits to 65535 programs
 
 
 def check_index_range(name: str, tensor: torch.Tensor) -> None:
@@ -270,14 +268,16 @@ class ReductionTarget:
 
 
 def _atomic_dtype(accumulate: str) -> torch.dtype:
-    # the interpreter has no fp16/bf16 atomic add: an fp32 target, rounded once at the end
-    return torch.float32 if INTERPRETED else ACCUMULATE_DTYPES[accumulate]
+    # the interpreter has no bf16 atomic add: an fp32 target, rounded to bf16 once at the end
+    return torch.float32 if INTERPRETED and accumulate == "bf16" else ACCUMULATE_DTYPES[accumulate]
 
 
 def allocate_target(reduction: Reduction, m: int, n: int, out_dtype: torch.dtype, device) -> ReductionTarget:
     """The direct output, a (splits, m, n) workspace or a zeroed atomic target for `reduction`."""
     if m * n >= INDEX_LIMIT:
         raise ValueError(f"output of {m} x {n} elements; the Triton kernels allow fewer than 2**31")
+    if reduction.splits > MAX_SPLITS:
+        raise ValueError(f"splits={reduction.splits}: the Triton kernels allow at most {MAX_SPLITS} (CUDA grid limit)")
     kind = target_kind(reduction)
     if kind == "direct":
         return ReductionTarget(kind, torch.empty(m, n, dtype=out_dtype, device=device), 0)

@@ -149,6 +149,33 @@ def test_interpret_bitwise_on_exact_sums(generator, mode, accumulate):
         assert_bitwise(got, (a.double() @ b.double()).float(), f"interpret vs float64, {what}")
 
 
+def tie_heavy_values(generator, m, k):
+    """fp32 values, a third of them exactly halfway between two tf32 values and a third halfway
+    between two bf16 values, so round-to-nearest-even is tested on its ties."""
+    bits = torch.randn(m, k, generator=generator).view(torch.int32)
+    pick = torch.randint(0, 3, (m, k), generator=generator)
+    bits = torch.where(pick == 1, (bits & ~0x1FFF) | 0x1000, bits)
+    bits = torch.where(pick == 2, (bits & ~0xFFFF) | 0x8000, bits)
+    return bits.view(torch.float32)
+
+
+@interpreter
+@pytest.mark.interpreter
+@pytest.mark.parametrize("accumulate", ACCUMULATES)
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_interpret_rounds_operands_and_partials_bitwise(generator, precision, accumulate):
+    """b selects one column of a per output column, so each result is one rounded operand,
+    rounded again to the accumulate format: bit-exact on both backends, ties included."""
+    m, k, n = 40, 36, 50
+    a = tie_heavy_values(generator, m, k)
+    b = torch.zeros(k, n)
+    b[torch.randint(0, k, (n,), generator=generator), torch.arange(n)] = 1.0
+    reduction = Reduction(precision=precision, accumulate=accumulate)
+    got = run(a, b, reduction, "interpret")
+    assert_bitwise(got, run(a, b, reduction, "emulate"), reduction.describe())
+    assert not torch.equal(got, a @ b) or precision == accumulate == "fp32", "rounding had no effect"
+
+
 @interpreter
 @pytest.mark.interpreter
 @pytest.mark.parametrize("accumulate", ACCUMULATES)

@@ -491,7 +491,7 @@ def device_summary(record: dict) -> dict:
 @click.option("--differing-only/--all-entries", default=False, show_default=True)
 @json_option
 def compare_command(file_a, file_b, differing_only, json_path):
-    """Which fingerprint entries of two files (e.g. from two GPUs) match bit for bit."""
+    """Which fingerprint entries of two files (from two GPUs, say) match bit for bit."""
     a, b = (json.loads(Path(path).read_text()) for path in (file_a, file_b))
     rows = compare_suites(a, b)
     summary_a, summary_b = device_summary(a.get("device", {})), device_summary(b.get("device", {}))
