@@ -146,7 +146,8 @@ def compile_variant(variant: KernelVariant, arch: int) -> CompileReport:
     ptx = compiled.asm["ptx"]
     registers, spills = _ptxas_usage(ptx, arch)
     return CompileReport(
-        variant.name, arch, variant.constexprs.get("PRECISION"), registers, spills, compiled.metadata.shared, matrix_instructions(ptx),
+        variant.name, arch, variant.constexprs.get("PRECISION"), registers, spills, compiled.metadata.shared,
+        matrix_instructions(ptx),
         round(time.perf_counter() - start, 2), variant.representative,
     )
 

@@ -1,11 +1,11 @@
 """The three roles of a conv2d as explicit GEMM operands, run through the emulated GEMM.
 
-Each role builds the (M, K) and (K, N) matrices that kernels.conv documents (im2col of the
-input, zero-inserted output gradient, ...) as strided views plus one copy, and hands them to
-kernels.gemm.run_gemm, so chunk boundaries, call numbering and the splitk order are exactly
-those of the GEMM. The operands always have the same memory layout (torch's CPU matmul may sum
-in another order for another layout), so the bits do not depend on the inputs' memory format. The Triton implicit-GEMM kernels compute the same matrices by address
-arithmetic instead of materialising them.
+Each role materialises the (M, K) and (K, N) matrices that kernels.conv specifies (im2col of
+the input, the zero-inserted output gradient, ...) and hands them to kernels.gemm.run_gemm, so
+chunk boundaries, call numbering and the splitk order are exactly those of the GEMM. The
+operands always get the same memory layout (torch's CPU matmul may sum in another order for
+another layout), so the bits do not depend on the inputs' memory format. The Triton
+implicit-GEMM kernels compute the same matrices by address arithmetic instead.
 """
 from __future__ import annotations
 

@@ -198,20 +198,24 @@ class ConvProblem:
 TILES = ((128, 128), (64, 128), (64, 64))
 BLOCK_K = 32
 GPU_STAGES = 3
+# Index into TILES of the largest tile each operand precision may use (see launch_config).
+LARGEST_TILE = {"fp16": 0, "bf16": 0, "tf32": 1, "fp32": 2}
 
 
 def launch_config(precision: str, m: int, n: int, splits: int, sm_count: int, interpreted: bool) -> GemmConfig:
     """The fixed config for a role's GEMM (no autotuning: a shape always runs the same code).
 
-    fp32 (FMA, no tensor cores) starts at 64x128 to keep its accumulator and addresses in registers.
+    32-bit operands hold twice the registers of 16-bit ones, so tf32 starts at 64x128 and fp32
+    (FMA, no tensor cores) at 64x64 spread over 8 warps: the largest tiles that compile without
+    spilling on sm_80 and sm_90 (python -m kernels.aot; fp32 on 4 warps spills its atomic store).
     """
     if interpreted:
         return INTERPRETER_CONFIG
-    tiles = TILES if precision != "fp32" else TILES[1:]
+    tiles = TILES[LARGEST_TILE[precision]:]
     block_m, block_n = next(
         (tile for tile in tiles if triton.cdiv(m, tile[0]) * triton.cdiv(n, tile[1]) * splits >= sm_count), tiles[-1]
     )
-    warps = 8 if block_m * block_n >= 64 * 128 else 4
+    warps = 8 if block_m * block_n >= 64 * 128 or precision == "fp32" else 4
     return GemmConfig(block_m, block_n, BLOCK_K, 8, warps, GPU_STAGES)
 
 
@@ -251,7 +255,7 @@ def kernel_constexprs(role: str, problem: ConvProblem, precision: str, accumulat
     }
 
 
-def launch(role: str, problem: ConvProblem, operands: dict, reduction: Reduction, out_dtype: torch.dtype) -> torch.Tensor:
+def launch(role: str, problem: ConvProblem, operands: dict, reduction: Reduction, out_dtype) -> torch.Tensor:
     """Run one role of `problem` under `reduction` on the two `operands` it reads ("x", "w", "dy")."""
     m, n, k, _ = problem.gemm(role)
     key = next_key(reduction)

@@ -224,7 +224,7 @@ def _ordered_sum_kernel(
     total = tl.zeros([BLOCK], dtype=tl.float32)
     for position in range(0, SPLITS):
         if ORDERED:
-            chunk = tl.load(order_ptrs + (SPLITS - 1 - position), mask=mask, other=0).to(tl.int64)
+            chunk = tl.load(order_ptrs + position, mask=mask, other=0).to(tl.int64)
         else:
             chunk = position
         term = tl.load(ws_ptr + chunk * stride_ws + offs, mask=mask, other=0.0).to(tl.float32)
@@ -304,7 +304,9 @@ def finish_target(target: ReductionTarget, reduction: Reduction, key: int, out_d
 _WORKSPACE_FORMATS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
-def launch_ordered_sum(workspace: torch.Tensor, out: torch.Tensor, *, ordered: bool, key: int, granularity: str) -> None:
+def launch_ordered_sum(
+    workspace: torch.Tensor, out: torch.Tensor, *, ordered: bool, key: int, granularity: str
+) -> None:
     """Add the chunks of a contiguous (S, M, N) workspace into out (M, N), per element, in order."""
     if workspace.dim() != 3 or not workspace.is_contiguous():
         raise ValueError(f"workspace must be a contiguous (S, M, N) tensor, got shape {tuple(workspace.shape)}")
@@ -349,5 +351,7 @@ def aot_variants():
             constexprs["table_ptr"] = None
         name = f"ordered_sum {'splitk ' + granularity if ordered else 'fixed'} acc={accumulate}"
         representative = (ordered, granularity, accumulate) in ((False, "call", "fp32"), (True, "element", "bf16"))
-        variants.append(KernelVariant(name, _ordered_sum_kernel, args, constexprs, ORDERED_SUM_WARPS, 1, representative))
+        variants.append(
+            KernelVariant(name, _ordered_sum_kernel, args, constexprs, ORDERED_SUM_WARPS, 1, representative)
+        )
     return variants

@@ -89,8 +89,10 @@ def assert_roles_within_bound(got, x, w, bias, gy, stride, padding, policy):
         reduction = getattr(policy, role)
         bound = role_bound(magnitude[role], reduction, lengths[role], got[role].dtype)
         if role == "forward" and bias is not None:  # one more rounding: the bias add
-            bound = bound + UNIT_ROUNDOFF[DTYPE_NAME[got[role].dtype]] * (magnitude[role] + bias.double().abs().view(1, -1, 1, 1))
-        assert got[role].shape == exact[role].shape, f"{role}: shape {tuple(got[role].shape)} != {tuple(exact[role].shape)}"
+            bias_magnitude = bias.double().abs().view(1, -1, 1, 1)
+            bound = bound + UNIT_ROUNDOFF[DTYPE_NAME[got[role].dtype]] * (magnitude[role] + bias_magnitude)
+        shape, expected_shape = tuple(got[role].shape), tuple(exact[role].shape)
+        assert shape == expected_shape, f"{role}: shape {shape}, expected {expected_shape}"
         assert torch.isfinite(got[role]).all(), f"{role}: {int((~torch.isfinite(got[role])).sum())} non-finite values"
         err = (got[role].double() - exact[role]).abs()
         bad = err > bound
@@ -304,6 +306,15 @@ def test_bias_gradient_is_the_sum_of_the_output_gradient(generator):
     bias = bias.clone().requires_grad_()
     conv2d(x, w, bias, stride, padding).backward(gy)
     assert torch.allclose(bias.grad.double(), gy.double().sum((0, 2, 3)), rtol=1e-6, atol=1e-5)
+
+
+def test_empty_batch_gives_torch_shapes_and_zero_weight_gradient():
+    x = torch.randn(0, 3, 5, 5, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, requires_grad=True)
+    y = conv2d(x, w, padding=1, policy=Reduction("splitk", splits=1))
+    y.sum().backward()
+    assert y.shape == (0, 4, 5, 5) and x.grad.shape == x.shape
+    assert torch.equal(w.grad, torch.zeros_like(w)), "an empty weight-gradient reduction is zero"
 
 
 def test_pair_stride_and_padding(generator):

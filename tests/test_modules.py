@@ -182,7 +182,8 @@ def test_patch_again_sets_the_new_policy(generator):
     model = small_model()
     patch(model, Reduction())
     assert patch(model, NOISY, backend="emulate") == 5
-    assert all(m.policy == Policy.uniform(NOISY) and m.backend == "emulate" for m in model.modules() if isinstance(m, (Conv2d, Linear)))
+    layers = [m for m in model.modules() if isinstance(m, (Conv2d, Linear))]
+    assert all(m.policy == Policy.uniform(NOISY) and m.backend == "emulate" for m in layers)
 
 
 def test_patch_a_bare_layer():

@@ -88,7 +88,8 @@ def test_native_runs_torch_kernels_unpatched():
     assert numerics.deterministic_torch is False
     assert numerics_from_config(build_config("quick", {"reduction": "native", "native_deterministic": True}),
                                 CPU).deterministic_torch
-    assert numerics_from_config(build_config("quick", {"reduction": "native", "dtype": "bf16"}), CPU).autocast_dtype == "bf16"
+    autocast = numerics_from_config(build_config("quick", {"reduction": "native", "dtype": "bf16"}), CPU)
+    assert autocast.autocast_dtype == "bf16"
 
 
 def test_kernel_runs_resolve_to_emulate_on_cpu_and_say_when_atomic_is_emulated():

@@ -105,17 +105,18 @@ def test_broken_threshold_separates_rounding_from_real_differences(generator):
     conv = nn.Conv2d(8, 6, 3, bias=False)
     with torch.no_grad():
         conv.weight.copy_(torch.randn(1, 8, 3, 3, generator=generator).expand(6, -1, -1, -1))
-    assert symmetry.max_forward(conv) >= symmetry.BROKEN_BELOW
+    assert max(symmetry.forward_correlations(conv).values()) >= symmetry.BROKEN_BELOW
     direction = torch.randn(8, 3, 3, generator=generator)
     with torch.no_grad():
         conv.weight[0] += 1e-2 * conv.weight[0].norm() * direction / direction.norm()
     # 1 - cos ~ 0.5e-4 for the 10 of 30 ordered pairs that involve filter 0: 1 - C_f ~ 1.7e-5.
-    assert symmetry.max_forward(conv) < symmetry.BROKEN_BELOW
+    assert max(symmetry.forward_correlations(conv).values()) < symmetry.BROKEN_BELOW
 
 
-def test_symmetry_summary_uses_convs_or_linears():
-    assert symmetry.summary_kinds(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Linear(2, 2))) == ("conv",)
-    assert symmetry.summary_kinds(nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2))) == ("linear",)
+def test_symmetry_summary_uses_convs_or_the_hidden_linears():
+    names = lambda model: [name for name, _ in symmetry.summarised_layers(model)]  # noqa: E731
+    assert names(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 1), nn.Linear(2, 2))) == ["0", "1"]
+    assert names(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 4), nn.Linear(4, 2))) == ["0", "2"]
 
 
 def test_plots_draw_symmetric_layers_on_the_floor(tmp_path):

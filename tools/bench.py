@@ -123,7 +123,10 @@ def _build_gemm(m, n, k):
 
 
 def gemm_cases(preset: str) -> list[Case]:
-    return [Case("gemm", name, "forward", m, n, k, _build_gemm(m, n, k)) for name, (m, n, k) in GEMM_SHAPES[preset].items()]
+    return [
+        Case("gemm", name, "forward", m, n, k, _build_gemm(m, n, k))
+        for name, (m, n, k) in GEMM_SHAPES[preset].items()
+    ]
 
 
 def _conv_role(conv, x, w, grad, role: str):
@@ -267,6 +270,7 @@ class CommaList(click.ParamType):
 
 
 def bench_options(command):
+    """The options every benchmark kind shares."""
     options = [
         click.option("--shapes", type=click.Choice(sorted(GEMM_SHAPES)), default=None,
                      help="Shape preset [default: gpu on CUDA, cpu otherwise]."),
@@ -324,26 +328,13 @@ def run_benchmark(kind, shapes, modes, precisions, accumulate, splits, backend, 
         click.echo(f"wrote {json_path}", err=True)
 
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
-@click.pass_context
-def cli(ctx):
-    """Benchmark the GEMM (default) or the convolution against torch."""
-    if ctx.invoked_subcommand is None:
-        ctx.invoke(gemm)
-
-
-@cli.command()
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.argument("kind", type=click.Choice(["gemm", "conv"]), default="gemm", required=False)
 @bench_options
-def gemm(**options):
-    """kernels.matmul vs torch.matmul over modes x precisions x shapes."""
-    run_benchmark("gemm", **options)
-
-
-@cli.command()
-@bench_options
-def conv(**options):
-    """kernels.conv2d vs torch conv2d on ConstNet's layers, per role (forward, input_grad, weight_grad)."""
-    run_benchmark("conv", **options)
+def cli(kind, **options):
+    """Benchmark KIND: kernels.matmul vs torch.matmul over modes x precisions x shapes (gemm, the
+    default), or kernels.conv2d vs torch conv2d on ConstNet's layers per role (conv)."""
+    run_benchmark(kind, **options)
 
 
 if __name__ == "__main__":

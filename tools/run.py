@@ -1,15 +1,4 @@
-"""Train one of the paper's networks with every conv/linear layer under a chosen reduction policy.
-
-    python tools/run.py                                  # quick preset: zero-init ConstNet on digits, splitk noise
-    python tools/run.py --reduction=fixed                # the same, deterministic: symmetry never breaks
-    python tools/run.py --reduction=atomic --dtype=fp16
-    python tools/run.py --preset paper --data-dir ~/data # WRN-16-10 ConstNet on CIFAR-10, the paper's recipe
-    python tools/run.py --resume --out runs/NAME         # continue an interrupted run
-
-Options left out take the preset's value; options given always win. The run directory (--out)
-receives config.json, env.json, metrics.jsonl, symmetry.jsonl, summary.json, checkpoint.pt and
-plots/; an existing run is never overwritten without --overwrite.
-"""
+"""Command line for training runs with dialled reduction noise: `python tools/run.py --help`."""
 from __future__ import annotations
 
 import sys
@@ -74,7 +63,20 @@ def choice(values) -> click.Choice:
 @click.option("--overwrite", is_flag=True, help="Replace the run already in --out.")
 @click.pass_context
 def main(ctx: click.Context, **options) -> None:
-    """Train with dialled reduction noise and record the run (see the module docstring)."""
+    """Train a network with every conv/linear layer under a chosen reduction policy.
+
+    Options left out take the preset's value; options given always win. The run directory
+    receives config.json, env.json, metrics.jsonl, symmetry.jsonl, summary.json,
+    checkpoint.pt and plots/. Ctrl-C saves a checkpoint; --resume continues from it.
+
+    \b
+    Examples:
+      python tools/run.py                          # quick: zero-init ConstNet, digits, splitk noise
+      python tools/run.py --reduction=fixed        # deterministic: the symmetry never breaks
+      python tools/run.py --reduction=atomic --dtype=fp16
+      python tools/run.py --preset paper --data-dir ~/data
+      python tools/run.py --resume --out runs/NAME
+    """
     explicit = {
         name: value
         for name, value in options.items()

@@ -11,6 +11,9 @@ saved in checkpoints); --noise-seed fixes the splitk orders, whose call numbers 
 CallCounter private to the run and saved in checkpoints. Evaluation draws from a fresh counter
 of its own, so an evaluation never shifts the training's sequence of orders: a run stopped and
 resumed at any step sees the same orders, batches and dropout masks as an uninterrupted one.
+
+With --dtype fp16 the loss is scaled (torch.amp.GradScaler, dynamic scale, saved in checkpoints),
+so that small gradients survive the rounding of GEMM operands to fp16.
 """
 from __future__ import annotations
 
@@ -25,17 +28,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kernels import CallCounter, counting
-from kernels.patch import patch
+from kernels import CallCounter, counting, patch
 from nets.data import BatchLoader, load_dataset
 
 from . import symmetry
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig, lr_milestone_epochs
+from .interrupt import deferred_interrupt
 from .models import build_model
 from .numerics import (autocast, check_splits_fit, numerics_from_config, prepare_cuda_environment, resolve_device,
                        torch_switches)
-from .interrupt import deferred_interrupt
 from .plots import write_plots
 from .records import device_record, env_record
 from .report import final_table, progress_line, test_line
@@ -54,9 +56,10 @@ class SetupError(ValueError):
 
 @dataclass
 class RunOutcome:
+    """summary.json's content (None when interrupted) and whether Ctrl-C stopped the run."""
+
     summary: dict | None
     interrupted: bool
-    state: RunState
 
 
 def seed_everything(seed: int) -> None:
@@ -132,7 +135,7 @@ class Training:
             "total_steps": self.total_steps,
             "lr_schedule": self.schedule.to_dict(),
             "symmetry_broken_below": symmetry.BROKEN_BELOW,
-            "symmetry_layers": list(symmetry.summary_kinds(self.model)),
+            "symmetry_layers": [name for name, _ in symmetry.summarised_layers(self.model)],
         }
 
     def _epoch(self, step: int) -> float:
@@ -162,10 +165,10 @@ class Training:
                 write_plots(self.state.metrics, self.state.symmetry, run_dir.plots)
                 self.echo(f"interrupted at step {self.state.step}; checkpoint saved. Resume with: "
                           f"python tools/run.py --resume --out {run_dir.path}")
-                return RunOutcome(None, True, self.state)
+                return RunOutcome(None, True)
             summary = self._finish()
         self.echo(final_table(summary, self.state.symmetry[-1] if self.state.symmetry else None))
-        return RunOutcome(summary, False, self.state)
+        return RunOutcome(summary, False)
 
     def _start(self, invocation: dict) -> RunState:
         run_dir = self.run_dir
@@ -247,14 +250,21 @@ class Training:
             self._save_checkpoint()
 
     def _track_symmetry(self) -> None:
+        """Record symmetry when due; until it has broken, check every layer after every step."""
         state = self.state
         if symmetry.record_due(state.step, self.steps_per_epoch, self.total_steps):
             record = symmetry.symmetry_record(self.model, state.step, self._epoch(state.step))
             state.symmetry.append(record)
             self.run_dir.append_jsonl(SYMMETRY, record)
-            state.max_forward = record["max_forward"]
+            forward = symmetry.summarised_forward(record)
         elif state.symmetry_broke_step is None:
-            state.max_forward = symmetry.max_forward(self.model)
+            forward = symmetry.forward_correlations(self.model)
+        else:
+            return
+        state.max_forward = max(forward.values())
+        for name, correlation in forward.items():
+            if correlation < symmetry.BROKEN_BELOW:
+                state.layer_broke_steps.setdefault(name, state.step)
         if state.symmetry_broke_step is None and state.max_forward < symmetry.BROKEN_BELOW:
             state.symmetry_broke_step = state.step
 
@@ -321,8 +331,10 @@ class Training:
             "best_test_acc": state.best_test_acc,
             "best_test_step": state.best_test_step,
             "symmetry_broke_step": state.symmetry_broke_step,
+            "first_layer_broke_step": min(state.layer_broke_steps.values(), default=None),
+            "layer_broke_steps": state.layer_broke_steps,
             "symmetry_threshold": symmetry.BROKEN_BELOW,
-            "symmetry_layers": ",".join(symmetry.summary_kinds(self.model)),
+            "symmetry_layers": [name for name, _ in symmetry.summarised_layers(self.model)],
             "final_max_forward": last_symmetry.get("max_forward"),
             "final_mean_dissimilarity": last_symmetry.get("mean_dissimilarity"),
             "total_seconds": state.elapsed_seconds,

@@ -46,14 +46,16 @@ def model_options(config: RunConfig, in_channels: int, image_size: tuple[int, in
     common = {"num_classes": num_classes}
     if config.net == "mlp":
         if config.depth != MLP_DEPTH:
-            raise ValueError(f"--depth={config.depth} is not allowed for --net mlp: it has one hidden layer (--depth 2)")
+            raise ValueError(
+                f"--depth={config.depth} is not allowed for --net mlp: it has one hidden layer (--depth 2)")
         return {**common, "in_features": in_channels * math.prod(image_size), "width": config.widen,
                 **mlp_init_options(config.init)}
     options = {**common, "depth": config.depth, "widen": config.widen, "in_channels": in_channels,
                "dropout": config.dropout}
     if config.net == "wrn":
         if config.init != "he":
-            raise ValueError(f"--init={config.init!r} is not allowed for --net wrn: the baseline is He-initialised (he)")
+            raise ValueError(
+                f"--init={config.init!r} is not allowed for --net wrn: the baseline is He-initialised (he)")
         if config.stem_dropout:
             raise ValueError("--stem-dropout is not available for --net wrn (its blocks carry the dropout)")
         return options

@@ -21,10 +21,10 @@ from torch import nn
 
 from kernels import Policy, Reduction
 from kernels.backends import resolve_backend
+from kernels.reduction import ROLES
 
 from .config import RunConfig
 
-ROLES = ("forward", "input_grad", "weight_grad")
 CUBLAS_WORKSPACE = ":4096:8"
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -11,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .symmetry import BROKEN_BELOW  # noqa: E402
+
 CURVES = "curves.png"
 SYMMETRY = "symmetry.png"
 # 1 - C_f is exactly 0 while a layer is still symmetric; a log axis cannot show 0, so such
@@ -51,10 +53,11 @@ def plot_symmetry(symmetry: list[dict], path: Path) -> None:
     for index, (name, colour) in enumerate(zip(names, colours)):
         gaps = [max(1.0 - record["layers"][index]["forward"], SYMMETRIC_FLOOR) for record in symmetry]
         axis.plot(steps, gaps, "o-", color=colour, label=name, markersize=3, linewidth=1)
-    axis.axhline(SYMMETRIC_FLOOR, color="grey", linestyle="--", linewidth=0.8)
-    axis.annotate("C_f = 1 (symmetric)", (0, SYMMETRIC_FLOOR), textcoords="offset points", xytext=(4, 4),
-                  fontsize=8, color="grey")
+    for level, text in ((SYMMETRIC_FLOOR, "C_f = 1 (symmetric)"), (1.0 - BROKEN_BELOW, "broken above this line")):
+        axis.axhline(level, color="grey", linestyle="--", linewidth=0.8)
+        axis.annotate(text, (0, level), textcoords="offset points", xytext=(4, 4), fontsize=8, color="grey")
     axis.set_xscale("symlog", linthresh=1)
+    axis.set_xlim(left=0)
     axis.set_yscale("log")
     axis.set(xlabel="step", ylabel="1 - C_f (forward correlation)", title="symmetry breaking per layer")
     axis.grid(alpha=0.3, which="both")

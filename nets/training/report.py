@@ -21,7 +21,8 @@ def progress_line(record: dict, total_steps: int, max_forward: float | None) -> 
 
 
 def test_line(record: dict) -> str:
-    return f"test  step {record['step']:>6}  epoch {record['epoch']:6.2f}  loss {record['loss']:.4f}  acc {100 * record['acc']:5.1f}%"
+    return (f"test  step {record['step']:>6}  epoch {record['epoch']:6.2f}  loss {record['loss']:.4f}  "
+            f"acc {100 * record['acc']:5.1f}%")
 
 
 def _table(rows: list[tuple[str, ...]]) -> list[str]:
@@ -32,15 +33,18 @@ def _table(rows: list[tuple[str, ...]]) -> list[str]:
 def final_table(summary: dict, last_symmetry: dict | None) -> str:
     """The run's summary and its last per-layer symmetry record, as aligned text."""
     percent = lambda value: "-" if value is None else f"{100 * value:.2f}%"  # noqa: E731
-    broke = summary["symmetry_broke_step"]
+    broke, first = summary["symmetry_broke_step"], summary["first_layer_broke_step"]
+    broke_at = summary["layer_broke_steps"]
     lines = _table([
         ("run", summary["run_dir"]),
         ("numerics", summary["numerics"]),
         ("steps", f"{summary['steps']} ({summary['epochs']:.2f} epochs)"),
         ("final test accuracy", percent(summary["final_test_acc"])),
         ("best test accuracy", f"{percent(summary['best_test_acc'])} at step {summary['best_test_step']}"),
-        ("symmetry broke at step", "never (max C_f stayed >= threshold)" if broke is None else str(broke)),
-        ("threshold", f"max forward C_f over {summary['symmetry_layers']} layers < {summary['symmetry_threshold']}"),
+        ("first layer broke at step", "never" if first is None else str(first)),
+        ("every layer broke at step", "not yet (max C_f >= threshold)" if broke is None else str(broke)),
+        ("broken means", f"forward C_f < 1 - {1 - summary['symmetry_threshold']:.0e} "
+                         f"(max over {len(summary['symmetry_layers'])} layers: every one broken)"),
         ("final max C_f", format_correlation(summary["final_max_forward"])),
         ("mean dissimilarity", "-" if summary["final_mean_dissimilarity"] is None
          else f"{summary['final_mean_dissimilarity']:.4f}"),
@@ -49,9 +53,10 @@ def final_table(summary: dict, last_symmetry: dict | None) -> str:
     ])
     if last_symmetry:
         lines += ["", f"per-layer symmetry at step {last_symmetry['step']}:"]
-        lines += _table([("layer", "out", "in", "C_f", "C_b", "eff. width")] + [
+        lines += _table([("layer", "out", "in", "C_f", "C_b", "eff. width", "broke at step")] + [
             (layer["name"], str(layer["n_out"]), str(layer["n_in"]), format_correlation(layer["forward"]),
-             format_correlation(layer["backward"]), f"{layer['effective_width']:.1f}")
+             format_correlation(layer["backward"]), f"{layer['effective_width']:.1f}",
+             str(broke_at.get(layer["name"], "-")))
             for layer in last_symmetry["layers"]
         ])
     return "\n".join(lines)

@@ -38,6 +38,7 @@ class RunState:
     best_test_acc: float | None = None
     best_test_step: int | None = None
     symmetry_broke_step: int | None = None
+    layer_broke_steps: dict = field(default_factory=dict)
     max_forward: float | None = None
     interval: Interval = field(default_factory=Interval)
     metrics: list = field(default_factory=list)

@@ -6,15 +6,18 @@ correlation C_f and the mean dissimilarity over the summarised layers. Records a
 step 0, at every power-of-two step (where symmetry breaks, early on), at every epoch end and at
 the last step.
 
-Symmetry counts as broken at the first step where max C_f < BROKEN_BELOW = 1 - 1e-6, i.e.
+A layer counts as broken from the first step where its C_f < BROKEN_BELOW = 1 - 1e-6, and the
+network's symmetry as broken at the first step where max C_f < BROKEN_BELOW (every summarised
+layer below it at once), i.e.
 where the most alike layer's filters have a dissimilarity sqrt(1 - C_f^2) above about 1.4e-3: far
 above the float64 rounding of the correlation itself (~1e-16, so an exactly symmetric layer
 never crosses it), and reached early in the exponential growth of a rounding-size (~1e-7)
-perturbation. Until it breaks, max C_f is computed after every step, so the reported step is
-exact, not rounded to the record schedule.
+perturbation. Until the network's symmetry breaks, every C_f is computed after every step, so
+the reported steps are exact, not rounded to the record schedule.
 
 The summarised layers are the convolutions (as in the paper's Table 2; a classifier's rows are
-classes, not interchangeable features), or every linear layer in a network without convolutions.
+classes, not interchangeable features), or in a network without convolutions every linear layer
+but the classifier.
 """
 from __future__ import annotations
 
@@ -25,9 +28,15 @@ import probes
 BROKEN_BELOW = 1.0 - 1e-6
 
 
-def summary_kinds(model: nn.Module) -> tuple[str, ...]:
-    has_conv = any(isinstance(module, nn.Conv2d) for module in model.modules())
-    return ("conv",) if has_conv else ("linear",)
+def summarised_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The layers whose forward correlation says whether features are symmetric, by name.
+
+    Every convolution; in a network without convolutions (the replica MLP), every linear layer
+    but the last, whose rows are the classes.
+    """
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    convs = [(name, m) for name, m in layers if isinstance(m, nn.Conv2d)]
+    return convs or layers[:-1]
 
 
 def record_due(step: int, steps_per_epoch: int, total_steps: int) -> bool:
@@ -36,18 +45,26 @@ def record_due(step: int, steps_per_epoch: int, total_steps: int) -> bool:
 
 
 def symmetry_record(model: nn.Module, step: int, epoch: float) -> dict:
-    """One symmetry.jsonl line for the model as it is now."""
-    measured = probes.model_symmetry(model, summary_kinds=summary_kinds(model))
-    return {"step": step, "epoch": epoch, **measured}
+    """One symmetry.jsonl line: every conv/linear layer, and the summary over the summarised ones."""
+    layers = probes.model_symmetry(model)["layers"]
+    names = [name for name, _ in summarised_layers(model)]
+    forward = [layer["forward"] for layer in layers if layer["name"] in names]
+    return {
+        "step": step,
+        "epoch": epoch,
+        "layers": layers,
+        "summary_layers": names,
+        "max_forward": max(forward),
+        "mean_dissimilarity": probes.mean_dissimilarity(forward),
+    }
 
 
-def max_forward(model: nn.Module) -> float:
-    """max C_f over the summarised layers (the cheap per-step check: forward correlations only)."""
-    kinds = summary_kinds(model)
-    layer_kind = {nn.Conv2d: "conv", nn.Linear: "linear"}
-    return max(
-        probes.forward_correlation(module.weight)
-        for module in model.modules()
-        for base, kind in layer_kind.items()
-        if isinstance(module, base) and kind in kinds
-    )
+def forward_correlations(model: nn.Module) -> dict[str, float]:
+    """C_f of every summarised layer by name (the cheap per-step check: no backward correlations)."""
+    return {name: probes.forward_correlation(module.weight) for name, module in summarised_layers(model)}
+
+
+def summarised_forward(record: dict) -> dict[str, float]:
+    """The same mapping, read from a symmetry record."""
+    names = record["summary_layers"]
+    return {layer["name"]: layer["forward"] for layer in record["layers"] if layer["name"] in names}
