@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import Policy, Reduction
+from kernels import Policy, Reduction, patch
 from nets.training.config import RunConfig, build_config, lr_milestone_epochs, resumed_config
 from nets.training.models import build_model, mlp_init_options
-from nets.training.numerics import (check_splits_fit, numerics_from_config, policy_from_config, resolve_device,
+from nets.training.numerics import (fit_splits_to_layers, numerics_from_config, policy_from_config, resolve_device,
                                     torch_switches)
 
 CPU = torch.device("cpu")
@@ -123,11 +123,16 @@ def test_tf32_native_and_cuda_device_need_a_gpu():
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def test_splits_larger_than_a_layer_reduction_are_refused_before_training():
+def test_splits_are_capped_at_each_layers_reduction_length_and_the_caps_reported():
     model = build_model(build_config("quick", {"depth": 7, "widen": 1}), 1, (8, 8), 10)
-    check_splits_fit(model, Policy.uniform(Reduction("splitk", splits=9)))
-    with pytest.raises(ValueError, match="layer 'stem' \\(K=9\\)"):
-        check_splits_fit(model, Policy.uniform(Reduction("splitk", splits=10)))
+    patch(model, Policy(forward=Reduction("splitk", splits=12), input_grad=Reduction("fixed", splits=12),
+                        weight_grad=Reduction("atomic", splits=12)))
+    capped = fit_splits_to_layers(model)
+    assert capped == {"stem": {"forward": 9}, "fc": {"input_grad": 10}}, capped
+    assert model.stem.policy.forward == Reduction("splitk", splits=9)
+    assert model.stem.policy.input_grad.splits == 12 and model.stem.policy.weight_grad.mode == "atomic"
+    assert model.fc.policy.input_grad == Reduction("fixed", splits=10)
+    assert fit_splits_to_layers(model) == {}, "capping twice changes nothing"
 
 
 def test_torch_switches_are_restored_after_the_run():

@@ -36,7 +36,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig, lr_milestone_epochs
 from .interrupt import deferred_interrupt
 from .models import build_model
-from .numerics import (autocast, check_splits_fit, numerics_from_config, prepare_cuda_environment, resolve_device,
+from .numerics import (autocast, fit_splits_to_layers, numerics_from_config, prepare_cuda_environment, resolve_device,
                        torch_switches)
 from .plots import write_plots
 from .records import device_record, env_record
@@ -101,9 +101,10 @@ class Training:
         self.data_info = data.info
         self.model = build_model(config, data.info.in_channels, data.info.image_size, data.info.num_classes)
         self.patched_layers = 0
+        self.capped_splits = {}
         if self.numerics.policy is not None:
-            check_splits_fit(self.model, self.numerics.policy)
             self.patched_layers = patch(self.model, self.numerics.policy, backend=self.numerics.backend)
+            self.capped_splits = fit_splits_to_layers(self.model)
         self.model.to(self.device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
@@ -127,6 +128,7 @@ class Training:
             "numerics": self.numerics.to_dict(),
             "numerics_description": self.numerics.describe(),
             "patched_layers": self.patched_layers,
+            "capped_splits": self.capped_splits,
             "model": type(self.model).__name__,
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "dataset": self.data_info.to_dict(),

@@ -14,12 +14,12 @@ from __future__ import annotations
 import math
 import os
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
-from kernels import Policy, Reduction
+from kernels import Conv2d, Linear, Policy, Reduction
 from kernels.backends import resolve_backend
 from kernels.reduction import ROLES
 
@@ -139,18 +139,26 @@ def reduction_lengths(layer: nn.Module) -> dict[str, int]:
     return {"forward": layer.in_features, "input_grad": layer.out_features}
 
 
-def check_splits_fit(model: nn.Module, policy: Policy) -> None:
-    """Refuse a --splits larger than a layer's reduction, naming the layer (before training starts)."""
+def fit_splits_to_layers(model: nn.Module) -> dict[str, dict[str, int]]:
+    """Cap each patched layer's splits at the length of each of its reductions; return the caps.
+
+    A network mixes short and long reductions (a 1-channel stem reduces over 9 terms, a
+    640-channel conv over 5760), so --splits applies to every reduction long enough for it and a
+    shorter one is cut into one chunk per term. The caps, by layer and role, are recorded in
+    config.json. The weight gradient's reduction runs over the batch and pixels and is never short.
+    """
+    capped = {}
     for name, layer in model.named_modules():
-        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+        if not isinstance(layer, (Conv2d, Linear)):
             continue
+        fits = {}
         for role, length in reduction_lengths(layer).items():
-            splits = getattr(policy, role).splits
-            if splits > length:
-                raise ValueError(
-                    f"--splits={splits} exceeds the {role} reduction of layer {name!r} (K={length}); "
-                    f"choose --splits <= {length}"
-                )
+            if getattr(layer.policy, role).splits > length:
+                fits[role] = replace(getattr(layer.policy, role), splits=length)
+        if fits:
+            layer.policy = replace(layer.policy, **fits)
+            capped[name] = {role: reduction.splits for role, reduction in fits.items()}
+    return capped
 
 
 @contextmanager
