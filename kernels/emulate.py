@@ -15,9 +15,9 @@ import secrets
 
 import torch
 
+from . import order_cpu
 from .formats import ACCUMULATE_DTYPES, add_rounded, round_operand
 from .order import chunk_bounds, chunk_order, order_index
-from .order_cpu import gather_in_order
 from .reduction import Reduction
 
 
@@ -43,11 +43,18 @@ def sum_in_order(partials: torch.Tensor) -> torch.Tensor:
     return total
 
 
+def sum_in_splitk_order(partials: torch.Tensor, key: int, granularity: str) -> torch.Tensor:
+    """The partials (splits, M, N) added in the splitk order of each element: (M, N)."""
+    if partials.device.type == "cpu" and granularity != "call" and partials.dtype in order_cpu.SUMMABLE_DTYPES:
+        return order_cpu.sum_in_order(partials, key, granularity)
+    return sum_in_order(ordered_partials(partials, key, granularity))
+
+
 def ordered_partials(partials: torch.Tensor, key: int, granularity: str) -> torch.Tensor:
     """The partials rearranged so that position 0 along dim 0 is added first."""
     splits, m, n = partials.shape
     if partials.device.type == "cpu" and granularity != "call":
-        return gather_in_order(partials, key, granularity)
+        return order_cpu.gather_in_order(partials, key, granularity)
     order = chunk_order(key, order_index(m, n, granularity, partials.device), splits)
     if granularity == "call":
         return partials[order.view(-1)]
@@ -61,8 +68,8 @@ def gemm(a: torch.Tensor, b: torch.Tensor, reduction: Reduction, key: int, out_d
     if k == 0 or m == 0 or n == 0:
         return torch.zeros(m, n, dtype=out_dtype, device=a.device)
     partials = chunk_partials(a, b, reduction)
-    if reduction.splits > 1 and reduction.mode != "fixed":
-        if reduction.mode == "atomic":
-            key = secrets.randbits(32)
-        partials = ordered_partials(partials, key, reduction.granularity)
-    return sum_in_order(partials).to(out_dtype)
+    if reduction.splits == 1 or reduction.mode == "fixed":
+        return sum_in_order(partials).to(out_dtype)
+    if reduction.mode == "atomic":
+        key = secrets.randbits(32)
+    return sum_in_splitk_order(partials, key, reduction.granularity).to(out_dtype)
