@@ -36,8 +36,8 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig, lr_milestone_epochs
 from .interrupt import deferred_interrupt
 from .models import build_model
-from .numerics import (autocast, fit_splits_to_layers, numerics_from_config, prepare_cuda_environment, resolve_device,
-                       torch_switches)
+from .numerics import (autocast, fit_splits_to_layers, numerics_from_config, output_positions,
+                       prepare_cuda_environment, resolve_device, torch_switches)
 from .plots import write_plots
 from .records import device_record, env_record
 from .report import final_table, progress_line, test_line
@@ -103,8 +103,10 @@ class Training:
         self.patched_layers = 0
         self.capped_splits = {}
         if self.numerics.policy is not None:
+            positions = output_positions(self.model, (data.info.in_channels, *data.info.image_size))
             self.patched_layers = patch(self.model, self.numerics.policy, backend=self.numerics.backend)
-            self.capped_splits = fit_splits_to_layers(self.model)
+            smallest_batch = len(data.train) % config.batch_size or config.batch_size
+            self.capped_splits = fit_splits_to_layers(self.model, positions, smallest_batch)
         self.model.to(self.device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
