@@ -43,7 +43,8 @@ FIGURE1 = {
               "momentum": 0.0, "weight_decay": 0.0, "steps": 7500},
 }
 FIGURE1_REPLICAS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-FIGURE1_NOISE = 0.01
+# Replica noise eps, on the He scale of the features (nets.ReplicaMLP): small to feature-sized.
+FIGURE1_NOISE = (0.01, 0.1, 1.0)
 # LeakyNet Table 2: the reference code's seven init strings (13 convs: depth 16).
 TABLE2_INITS = (
     ("h_hhhh_hhhh_hhhh", "13 h"),
@@ -168,7 +169,7 @@ def _table3(scale: str) -> list[_Config]:
 def _figure1(scale: str) -> list[_Config]:
     base = FIGURE1[scale]
     configs = []
-    for noise in (0.0, FIGURE1_NOISE):
+    for noise in (0.0, *FIGURE1_NOISE):
         series = "no noise" if noise == 0 else f"noise {noise:g}"
         for replicas in FIGURE1_REPLICAS:
             unique = base["widen"] // replicas

@@ -210,3 +210,29 @@ def test_fixed_order_keeps_a_zero_init_constnet_symmetric_and_splitk_noise_break
     gap = splitk_summary["final_test_acc"] - fixed_summary["final_test_acc"]
     assert gap > 0.20, (f"splitk {splitk_summary['final_test_acc']:.3f} vs fixed {fixed_summary['final_test_acc']:.3f}: "
                         "the symmetric net should be far behind")
+
+
+# -- results directories ---------------------------------------------------------------------
+def load_tool(name: str):
+    """A tools/ program as a module (tools are programs, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_results_directory_takes_an_extended_grid_but_refuses_a_different_one(tmp_path):
+    import click
+
+    experiment_tool = load_tool("experiment")
+    small, extended = build_experiment("dial", "cpu", (0,)), build_experiment("dial", "cpu", (0, 1))
+    (tmp_path / "experiment.json").write_text(json.dumps(small.to_dict()))
+    experiment_tool.check_manifest(small, tmp_path)
+    experiment_tool.check_manifest(extended, tmp_path)
+    with pytest.raises(click.ClickException, match="already holds a different grid"):
+        experiment_tool.check_manifest(build_experiment("table1", "cpu", (0,)), tmp_path)
+    done = tool("experiment.py", "table1", "--seeds", "0", "--out", str(tmp_path))
+    assert done.returncode != 0 and "already holds a different grid" in done.stderr, done.stderr
+    assert not (tmp_path / "logs").exists(), "a refused grid must not start"

@@ -63,9 +63,16 @@ def run_command(spec: RunSpec, out: Path) -> list[str]:
 
 
 def check_manifest(experiment: Experiment, out: Path) -> None:
-    """Refuse to mix two different grids in one results directory."""
+    """Refuse to mix two different grids in one results directory.
+
+    A grid that keeps every run of the one already there (same name, same options) extends it:
+    its finished runs are kept.
+    """
     path = out / MANIFEST
-    if path.is_file() and json.loads(path.read_text())["runs"] != experiment.to_dict()["runs"]:
+    if not path.is_file():
+        return
+    wanted = {run["name"]: run for run in experiment.to_dict()["runs"]}
+    if any(wanted.get(run["name"]) != run for run in json.loads(path.read_text())["runs"]):
         raise click.ClickException(
             f"{out} already holds a different grid ({path}); choose another --out or remove it")
 

@@ -79,6 +79,11 @@ def placements(rows: list[dict]) -> list[dict]:
     return placed
 
 
+def in_axis_order(rows: list[dict]) -> list[dict]:
+    """A panel's rows by increasing x when every x is a number (grid order otherwise)."""
+    return sorted(rows, key=lambda row: row["x"]) if all(is_number(row["x"]) for row in rows) else rows
+
+
 def plot_metric(results: dict, key: str, path: Path, x_label: str, log_x: bool) -> None:
     """The metric against the grid's x: lines for numeric x, one panel per series otherwise."""
     rows = placements(results["groups"])
@@ -90,7 +95,7 @@ def plot_metric(results: dict, key: str, path: Path, x_label: str, log_x: bool) 
         _numeric_panel(axes[0][0], rows, key, x_label, log_x)
     else:
         for axis, name in zip(axes[0], series):
-            _categorical_panel(axis, [row for row in rows if row["series"] == name], key, name)
+            _categorical_panel(axis, in_axis_order([row for row in rows if row["series"] == name]), key, name)
     for axis in axes[0]:
         axis.grid(alpha=0.3)
     figure.tight_layout()
