@@ -65,11 +65,14 @@ GEMM_SHAPES = {  # name -> (M, N, K)
         "fwd-160": (160, 8192, 1440),
     },
     "tiny": {"square-64": (64, 64, 64), "wgrad-16": (16, 144, 512)},
+    # the quick preset's ConstNet-10-1 on 8x8 digits at batch 64 (the CPU experiments' net)
+    "quick": {"fwd-16": (16, 4096, 144), "wgrad-16": (16, 144, 4096), "wgrad-64": (64, 576, 256)},
 }
 CONV_LAYERS = {  # name -> (batch, channels, height = width); every layer is 3x3, stride 1, pad 1
     "gpu": {"stage1": (128, 160, 32), "stage2": (128, 320, 16), "stage3": (128, 640, 8)},
     "cpu": {"stage1": (8, 160, 32), "stage2": (8, 320, 16), "stage3": (8, 640, 8)},
     "tiny": {"stage1": (2, 8, 8)},
+    "quick": {"stage1": (64, 16, 8), "stage2": (64, 32, 4), "stage3": (64, 64, 2)},
 }
 
 
@@ -273,7 +276,9 @@ def bench_options(command):
     """The options every benchmark kind shares."""
     options = [
         click.option("--shapes", type=click.Choice(sorted(GEMM_SHAPES)), default=None,
-                     help="Shape preset [default: gpu on CUDA, cpu otherwise]."),
+                     help="Shape preset: gpu (4096^3, ConstNet-16-10 at batch 128), cpu (smaller cuts of those), "
+                          "quick (the CPU experiments' ConstNet-10-1), tiny (tests) [default: gpu on CUDA, cpu "
+                          "otherwise]."),
         click.option("--modes", type=CommaList(MODES), default=",".join(MODES), show_default=True,
                      help="Comma-separated reduction modes."),
         click.option("--precisions", type=CommaList(PRECISIONS), default=None,
