@@ -23,8 +23,11 @@ from .reduction import Reduction
 
 def chunk_partials(a: torch.Tensor, b: torch.Tensor, reduction: Reduction) -> torch.Tensor:
     """Partial products of each K chunk, rounded to the accumulate dtype: (splits, M, N)."""
-    a = round_operand(a, reduction.precision)
-    b = round_operand(b, reduction.precision)
+    return _chunk_products(round_operand(a, reduction.precision), round_operand(b, reduction.precision), reduction)
+
+
+def _chunk_products(a: torch.Tensor, b: torch.Tensor, reduction: Reduction) -> torch.Tensor:
+    """chunk_partials of operands already rounded to the reduction's precision."""
     acc_dtype = ACCUMULATE_DTYPES[reduction.accumulate]
     partials = torch.empty(reduction.splits, a.shape[0], b.shape[1], dtype=acc_dtype, device=a.device)
     for s, (lo, hi) in enumerate(chunk_bounds(a.shape[1], reduction.splits)):
@@ -43,11 +46,23 @@ def sum_in_order(partials: torch.Tensor) -> torch.Tensor:
     return total
 
 
-def sum_in_splitk_order(partials: torch.Tensor, key: int, granularity: str) -> torch.Tensor:
-    """The partials (splits, M, N) added in the splitk order of each element: (M, N)."""
-    if partials.device.type == "cpu" and granularity != "call" and partials.dtype in order_cpu.SUMMABLE_DTYPES:
-        return order_cpu.sum_in_order(partials, key, granularity)
-    return sum_in_order(ordered_partials(partials, key, granularity))
+# Partials of one row block of the compiled CPU path: small enough to stay in cache (and to be
+# reused by the allocator instead of freshly mapped memory for every call).
+ROW_BLOCK_BYTES = 4 << 20
+
+
+def _splitk_on_cpu_in_row_blocks(a: torch.Tensor, b: torch.Tensor, reduction: Reduction, key: int) -> torch.Tensor:
+    """CPU splitk with fp32/fp64 partials: each row block's partials ordered and added in one compiled pass."""
+    m, n = a.shape[0], b.shape[1]
+    a = round_operand(a, reduction.precision)
+    b = round_operand(b, reduction.precision)
+    acc_dtype = ACCUMULATE_DTYPES[reduction.accumulate]
+    rows = max(1, ROW_BLOCK_BYTES // (reduction.splits * n * acc_dtype.itemsize))
+    out = torch.empty(m, n, dtype=acc_dtype)
+    for first in range(0, m, rows):
+        partials = _chunk_products(a[first:first + rows], b, reduction)
+        out[first:first + rows] = order_cpu.sum_in_order(partials, key, reduction.granularity, first_row=first)
+    return out
 
 
 def ordered_partials(partials: torch.Tensor, key: int, granularity: str) -> torch.Tensor:
@@ -67,9 +82,13 @@ def gemm(a: torch.Tensor, b: torch.Tensor, reduction: Reduction, key: int, out_d
     n = b.shape[1]
     if k == 0 or m == 0 or n == 0:
         return torch.zeros(m, n, dtype=out_dtype, device=a.device)
-    partials = chunk_partials(a, b, reduction)
     if reduction.splits == 1 or reduction.mode == "fixed":
-        return sum_in_order(partials).to(out_dtype)
+        return sum_in_order(chunk_partials(a, b, reduction)).to(out_dtype)
     if reduction.mode == "atomic":
         key = secrets.randbits(32)
-    return sum_in_splitk_order(partials, key, reduction.granularity).to(out_dtype)
+    fused = a.device.type == "cpu" and reduction.granularity != "call" and \
+        ACCUMULATE_DTYPES[reduction.accumulate] in order_cpu.SUMMABLE_DTYPES
+    if fused:
+        return _splitk_on_cpu_in_row_blocks(a, b, reduction, key).to(out_dtype)
+    partials = chunk_partials(a, b, reduction)
+    return sum_in_order(ordered_partials(partials, key, reduction.granularity)).to(out_dtype)

@@ -21,9 +21,12 @@ PARALLEL_MIN_ELEMENTS = 1 << 16  # below this, starting threads costs more than 
 
 
 @numba.njit(cache=True, inline="always")
-def _order_row(e, key, n_cols, granularity):  # pragma: no cover - compiled
-    """Row of the permutation table that orders element e (flat index of an (M, n_cols) output)."""
-    index = np.int64(e)
+def _order_row(e, key, n_cols, granularity, first_row):  # pragma: no cover - compiled
+    """Row of the permutation table that orders element e of a block of an (M, n_cols) output.
+
+    e is the flat index within the block, whose first row is the output's row `first_row`.
+    """
+    index = np.int64(e) + np.int64(first_row) * n_cols
     if granularity == 0:
         index = np.int64(0)
     elif granularity == 1:
@@ -38,18 +41,18 @@ def _order_row(e, key, n_cols, granularity):  # pragma: no cover - compiled
     return x % np.uint32(PERMUTATIONS)
 
 
-def _gather_loop(partials, table, key, n_cols, granularity, out):  # pragma: no cover - compiled
+def _gather_loop(partials, table, key, n_cols, granularity, first_row, out):  # pragma: no cover - compiled
     splits, total = partials.shape
     for e in numba.prange(total):
-        row = _order_row(e, key, n_cols, granularity)
+        row = _order_row(e, key, n_cols, granularity, first_row)
         for position in range(splits):
             out[position, e] = partials[table[row, position], e]
 
 
-def _sum_loop(partials, table, key, n_cols, granularity, out):  # pragma: no cover - compiled
+def _sum_loop(partials, table, key, n_cols, granularity, first_row, out):  # pragma: no cover - compiled
     splits, total = partials.shape
     for e in numba.prange(total):
-        row = _order_row(e, key, n_cols, granularity)
+        row = _order_row(e, key, n_cols, granularity, first_row)
         running = partials[table[row, 0], e]
         for position in range(1, splits):
             running += partials[table[row, position], e]
@@ -66,11 +69,11 @@ _SUM = _serial_and_parallel(_sum_loop)
 SUMMABLE_DTYPES = (torch.float32, torch.float64)
 
 
-def _run(compiled, array_in, array_out, partials_shape, key: int, granularity: str) -> None:
+def _run(compiled, array_in, array_out, partials_shape, key: int, granularity: str, first_row: int) -> None:
     splits, m, n = partials_shape
     table = permutation_table(key, splits).to(torch.int32).numpy()
     loop = compiled[1] if m * n >= PARALLEL_MIN_ELEMENTS else compiled[0]
-    loop(array_in.numpy(), table, np.uint32(key), n, GRANULARITY_CODES[granularity], array_out.numpy())
+    loop(array_in.numpy(), table, np.uint32(key), n, GRANULARITY_CODES[granularity], first_row, array_out.numpy())
 
 
 def gather_in_order(partials: torch.Tensor, key: int, granularity: str) -> torch.Tensor:
@@ -78,19 +81,20 @@ def gather_in_order(partials: torch.Tensor, key: int, granularity: str) -> torch
     splits, m, n = partials.shape
     bits = partials.contiguous().view(_BIT_VIEWS[partials.element_size()]).view(splits, m * n)
     out = torch.empty_like(bits)
-    _run(_GATHER, bits, out, partials.shape, key, granularity)
+    _run(_GATHER, bits, out, partials.shape, key, granularity, 0)
     return out.view(partials.dtype).view(splits, m, n)
 
 
-def sum_in_order(partials: torch.Tensor, key: int, granularity: str) -> torch.Tensor:
+def sum_in_order(partials: torch.Tensor, key: int, granularity: str, first_row: int = 0) -> torch.Tensor:
     """CPU fp32/fp64 partials (splits, M, N) added left to right in each element's order: (M, N).
 
     The same sums as gathering and then adding position by position, without the gathered copy.
+    The partials may be rows first_row, first_row + 1, ... of a taller output (its orders apply).
     """
     if partials.dtype not in SUMMABLE_DTYPES:
         raise TypeError(f"partials.dtype={partials.dtype} is not allowed; use one of {SUMMABLE_DTYPES}")
     splits, m, n = partials.shape
     flat = partials.contiguous().view(splits, m * n)
     out = torch.empty(m * n, dtype=partials.dtype)
-    _run(_SUM, flat, out, partials.shape, key, granularity)
+    _run(_SUM, flat, out, partials.shape, key, granularity, first_row)
     return out.view(m, n)

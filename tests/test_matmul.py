@@ -207,6 +207,20 @@ def test_compiled_cpu_ordered_sum_equals_gathering_then_adding(generator, dtype,
     assert not torch.equal(other_key, got), "another key must order (and so round) some elements differently"
 
 
+@pytest.mark.parametrize("granularity", ["tile", "element"])
+def test_emulated_splitk_in_row_blocks_keeps_every_elements_order(generator, granularity):
+    """M spans several row blocks of the compiled CPU path (one ROW_BLOCK_BYTES of partials each)."""
+    reduction = Reduction("splitk", splits=8, seed=11, granularity=granularity)
+    m, k, n = 150, 96, 2000
+    assert m > emulate.ROW_BLOCK_BYTES // (reduction.splits * n * 4), "the test must cover several row blocks"
+    a, b = torch.randn(m, k, generator=generator), torch.randn(k, n, generator=generator)
+    key = 0xC0FFEE
+    partials = emulate.chunk_partials(a, b, reduction)
+    expected = emulate.sum_in_order(torch.gather(partials, 0, chunk_order(key, order_index(m, n, granularity), 8)))
+    got = emulate.gemm(a, b, reduction, key, torch.float32)
+    assert torch.equal(got, expected), f"{int((got != expected).sum())} elements differ from the reference order"
+
+
 def test_orders_are_spread_over_the_permutation_table():
     order = chunk_order(99, order_index(64, 64, "element"), 4)
     distinct = {tuple(col) for col in order.reshape(4, -1).t().tolist()}
