@@ -1,61 +1,41 @@
 """Compile every Triton kernel variant for sm_80 / sm_90 without a GPU and read its resource use.
 
-    python -m kernels.aot [--arch 80 90] [--fast] [--only SUBSTRING] [--json]
+    python -m kernels.aot [--arch 80 --arch 90] [--fast] [--only SUBSTRING] [--json]
 
-Registry: every module kernels/triton_*.py that defines `aot_variants() -> list[KernelVariant]`
-is collected; a new kernel module takes part by defining that function, nothing else.
-
-A variant names one kernel, example runtime arguments and its constexprs (a kernel with a dot
-names its operand precision in a PRECISION constexpr: "fp32" | "tf32" | "fp16" | "bf16"). The example arguments
-are specialized the way Triton's launcher specializes a real call (pointers 16-byte aligned,
-ints equal to 1 become constants, ints divisible by 16 carry that divisibility, unless the
-parameter is marked do_not_specialize), so the compiled code is the code a GPU would run for
-such a call. `representative=True` marks the small subset that `--fast` (and the quick test)
-compiles.
+The variants come from kernels.aot_variants. Their example arguments are specialized the way
+Triton's launcher specializes a real call (pointers 16-byte aligned, ints equal to 1 become
+constants, ints divisible by 16 carry that divisibility, unless the parameter is marked
+do_not_specialize), so the compiled code is the code a GPU would run for such a call.
 
 Each report gives the registers per thread and spill stores from `ptxas -v` on the kernel's PTX,
-the shared memory Triton allocates, and the matrix instruction family found in the PTX:
-"wgmma" (Hopper warpgroup MMA), "mma" (mma.sync tensor cores) or "none" (FMA / no dot).
+the shared memory Triton allocates, the matrix instruction family found in the PTX ("wgmma":
+Hopper warpgroup MMA, "mma": mma.sync tensor cores, "none": FMA / no dot), and how operands
+reach the SM: the widest asynchronous global-to-shared copy (`cp.async`, bytes; 0 when loads go
+through registers), whether the Hopper tensor memory accelerator is used (TMA,
+`cp.async.bulk.tensor`), and the widest global load through registers (bits: 16 for scalar fp16
+gathers, 128 for `ld.global.v4.b32`).
 
 Must run without TRITON_INTERPRET=1: triton.jit decides at decoration time whether a kernel is
 compiled or interpreted.
 """
 from __future__ import annotations
 
-import argparse
-import importlib
 import json
 import os
-import pkgutil
 import re
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Mapping
+
+import click
+
+from .aot_variants import KernelVariant
 
 ARCHS = (80, 90)
 WARP_SIZE = 32
 SHARED_LIMITS = {80: 163 * 1024, 90: 227 * 1024}  # bytes of shared memory one block may use
-
-
-@dataclass(frozen=True)
-class KernelVariant:
-    """One compiled form of a kernel.
-
-    args: every non-constexpr parameter: pointer types as strings ("*fp16", "*fp32", ...) and
-    ints as example values of a representative call. constexprs: the constexpr parameters.
-    """
-
-    name: str
-    kernel: object
-    args: Mapping[str, object]
-    constexprs: Mapping[str, object]
-    num_warps: int
-    num_stages: int
-    representative: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,6 +49,9 @@ class CompileReport:
     spill_stores: int
     shared_bytes: int
     matrix_instructions: str
+    cp_async_bytes: int
+    tma: bool
+    global_load_bits: int
     seconds: float
     representative: bool = False
 
@@ -130,6 +113,15 @@ def matrix_instructions(ptx: str) -> str:
     return "none"
 
 
+def memory_instructions(ptx: str) -> tuple[int, bool, int]:
+    """(widest cp.async in bytes, uses TMA, widest global load through registers in bits)."""
+    copies = [int(size, 0) for size in
+              re.findall(r"\bcp\.async\.c[ag]\.shared\.global[^;]*?\],\s*(0x[0-9a-f]+|\d+)\s*[,;]", ptx)]
+    loads = [int(vector or 1) * int(bits)
+             for vector, bits in re.findall(r"\bld\.global(?:\.[a-z0-9_:]+)*?(?:\.v(\d))?\.[bufs](\d+)\b", ptx)]
+    return max(copies, default=0), bool(re.search(r"\bcp\.async\.bulk\.tensor", ptx)), max(loads, default=0)
+
+
 def compile_variant(variant: KernelVariant, arch: int) -> CompileReport:
     """Compile one variant for sm_<arch> and read its resource use."""
     import triton
@@ -147,26 +139,20 @@ def compile_variant(variant: KernelVariant, arch: int) -> CompileReport:
     registers, spills = _ptxas_usage(ptx, arch)
     return CompileReport(
         variant.name, arch, variant.constexprs.get("PRECISION"), registers, spills, compiled.metadata.shared,
-        matrix_instructions(ptx),
-        round(time.perf_counter() - start, 2), variant.representative,
+        matrix_instructions(ptx), *memory_instructions(ptx), round(time.perf_counter() - start, 2),
+        variant.representative,
     )
 
 
 def collect_variants(fast: bool = False, only: str | None = None) -> list[KernelVariant]:
-    """Variants from every kernels.triton_* module that defines aot_variants()."""
+    """The variants of kernels.aot_variants, optionally only the representative or matching ones."""
     from triton.runtime.interpreter import InterpretedFunction
 
-    import kernels
+    from .aot_variants import all_variants
 
-    variants = []
-    for module_info in pkgutil.iter_modules(kernels.__path__):
-        if not module_info.name.startswith("triton_"):
-            continue
-        module = importlib.import_module(f"kernels.{module_info.name}")
-        if hasattr(module, "aot_variants"):
-            variants.extend(module.aot_variants())
+    variants = all_variants()
     if any(isinstance(variant.kernel, InterpretedFunction) for variant in variants):
-        raise RuntimeError("kernels were decorated under TRITON_INTERPRET=1; run with TRITON_INTERPRET=0")
+        raise click.ClickException("kernels were decorated under TRITON_INTERPRET=1; run with TRITON_INTERPRET=0")
     if fast:
         variants = [variant for variant in variants if variant.representative]
     if only:
@@ -195,34 +181,34 @@ def compile_all(variants: list[KernelVariant], archs=ARCHS, workers: int | None 
 
 def format_table(reports: list[CompileReport]) -> str:
     width = max([len("variant")] + [len(report.name) for report in reports])
-    lines = [f"{'variant':<{width}}  sm  regs  spills  smem KiB  mma    s"]
+    lines = [f"{'variant':<{width}}  sm  regs  spills  smem KiB  mma    cp.async  tma  ld bits     s"]
     for report in reports:
         lines.append(
             f"{report.name:<{width}}  {report.arch}  {report.registers:4d}  {report.spill_stores:6d}  "
-            f"{report.shared_bytes / 1024:8.1f}  {report.matrix_instructions:<5}  {report.seconds:.1f}"
+            f"{report.shared_bytes / 1024:8.1f}  {report.matrix_instructions:<5}  {report.cp_async_bytes:7d}B  "
+            f"{'yes' if report.tma else 'no':<3}  {report.global_load_bits:7d}  {report.seconds:5.1f}"
         )
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kernels.aot", description=__doc__.split("\n")[0])
-    parser.add_argument("--arch", type=int, nargs="+", default=list(ARCHS), choices=ARCHS,
-                        help="compute capabilities to compile for")
-    parser.add_argument("--fast", action="store_true", help="only the representative variants")
-    parser.add_argument("--only", default=None, help="only variants whose name contains this text")
-    parser.add_argument("--json", action="store_true", help="print the reports as JSON instead of a table")
-    parser.add_argument("--workers", type=int, default=None, help="parallel compile processes (default: CPU count)")
-    options = parser.parse_args(argv)
-    variants = collect_variants(fast=options.fast, only=options.only)
+@click.command(help=__doc__.split("\n")[0])
+@click.option("--arch", type=click.Choice([str(arch) for arch in ARCHS]), multiple=True,
+              help="compute capability to compile for (repeatable; default: all)")
+@click.option("--fast", is_flag=True, help="only the representative variants")
+@click.option("--only", default=None, help="only variants whose name contains this text")
+@click.option("--json", "as_json", is_flag=True, help="print the reports as JSON instead of a table")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="parallel compile processes (default: CPU count)")
+def main(arch, fast, only, as_json, workers) -> None:
+    variants = collect_variants(fast=fast, only=only)
     if not variants:
-        parser.error("no kernel variant matches")
-    reports = compile_all(variants, options.arch, options.workers)
-    if options.json:
-        print(json.dumps([asdict(report) for report in reports], indent=1))
+        raise click.UsageError("no kernel variant matches")
+    reports = compile_all(variants, tuple(int(a) for a in arch) or ARCHS, workers)
+    if as_json:
+        click.echo(json.dumps([asdict(report) for report in reports], indent=1))
     else:
-        print(format_table(reports))
-    return 0
+        click.echo(format_table(reports))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main(prog_name="python -m kernels.aot")

@@ -14,19 +14,28 @@ import sys
 
 import torch
 
-from .reduction import Reduction
-
 BACKENDS = ("auto", "triton", "interpret", "emulate", "native")
+
+
+def default_device() -> torch.device:
+    """CUDA when this machine has a GPU, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """The concrete backend for tensors on `device`, or a ValueError saying why not."""
+def check_backend_name(backend) -> str:
+    """backend itself if it names a backend, else a ValueError listing them."""
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not allowed; choose one of {', '.join(map(repr, BACKENDS))}")
+    return backend
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend for tensors on `device`, or a ValueError saying why not."""
+    check_backend_name(backend)
     if backend == "auto":
         return "triton" if device.type == "cuda" else "emulate"
     if backend == "triton" and device.type != "cuda":
@@ -48,24 +57,6 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 
 def _triton_jit_interprets() -> bool:
-    from .triton_support import jit_is_interpreted
+    from .triton_launch import jit_is_interpreted
 
     return jit_is_interpreted()
-
-
-def check_reduction_on_backend(reduction: Reduction, backend: str, role: str) -> None:
-    """Reject Reductions a backend cannot honour, naming the role."""
-    if reduction.precision == "fp64" and backend in ("triton", "interpret"):
-        raise ValueError(
-            f"{role}: precision='fp64' is a reference path of the emulate backend; "
-            f"backend={backend!r} allows precision 'fp32', 'tf32', 'fp16' or 'bf16'"
-        )
-
-
-def check_splits(reduction: Reduction, length: int, role: str) -> None:
-    """splits must not exceed the reduction length (an empty K allows splits=1)."""
-    if reduction.splits > max(length, 1):
-        raise ValueError(
-            f"{role}: splits={reduction.splits} exceeds the reduction length K={length}; "
-            f"choose splits between 1 and {max(length, 1)}"
-        )

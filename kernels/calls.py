@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextvars
 from contextlib import contextmanager
 
+from .order import call_key
+
 
 class CallCounter:
     """Hands out consecutive call numbers."""
@@ -58,3 +60,10 @@ def counting(counter: CallCounter | None = None):
         yield counter
     finally:
         _CURRENT.reset(token)
+
+
+def next_key(reduction) -> int:
+    """The call key of `reduction`'s next seeded call (0, and no call number, for orders that need none)."""
+    if not reduction.seeded:
+        return 0
+    return call_key(reduction.seed, current_counter().take())

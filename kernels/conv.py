@@ -22,20 +22,21 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 from . import conv_emulate
-from .backends import check_reduction_on_backend, check_splits, resolve_backend
-from .gemm import check_float_tensor
+from .backends import resolve_backend
+from .checks import check_float_tensor, check_policy, refuse_double_backward, roles_to_run
+from .geometry import conv_output_size, conv_reduction_lengths
 from .reduction import Policy, as_policy
+
 
 def _role_backend(backend: str):
     """The module computing the three roles on a resolved backend other than native."""
     if backend == "emulate":
         return conv_emulate
-    from . import triton_conv
+    from . import conv_triton
 
-    return triton_conv
+    return conv_triton
 
 
 class _Conv2d(torch.autograd.Function):
@@ -49,8 +50,8 @@ class _Conv2d(torch.autograd.Function):
         return _role_backend(backend).forward(x, w, stride, padding, policy.forward, out_dtype)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out):
+        refuse_double_backward("kernels.conv2d")
         x, w = ctx.saved_tensors
         roles = _role_backend(ctx.backend)
         grad_x = grad_w = None
@@ -99,27 +100,6 @@ def _check_operands(x, w, bias) -> None:
             raise ValueError(f"bias is on {bias.device} and x on {x.device}; both must be on the same device")
 
 
-def _reduction_lengths(x, w, out_size) -> dict[str, int]:
-    """K of each role (see the module docstring)."""
-    cout, cin, kh, kw = w.shape
-    return {
-        "forward": cin * kh * kw,
-        "input_grad": cout * kh * kw,
-        "weight_grad": x.shape[0] * out_size[0] * out_size[1],
-    }
-
-
-def _check_policy(policy: Policy, backend: str, x, w, out_size) -> None:
-    """Reject, before any work, the roles of this call that the policy cannot run."""
-    grad = torch.is_grad_enabled()
-    runs = {"forward": True, "input_grad": grad and x.requires_grad, "weight_grad": grad and w.requires_grad}
-    for role, length in _reduction_lengths(x, w, out_size).items():
-        if runs[role]:
-            reduction = getattr(policy, role)
-            check_reduction_on_backend(reduction, backend, role)
-            check_splits(reduction, length, role)
-
-
 def conv2d(x, w, bias=None, stride=1, padding=0, *, policy=None, backend: str = "auto") -> torch.Tensor:
     """2-D convolution (groups 1, dilation 1, zero padding) with an explicit reduction order.
 
@@ -138,7 +118,7 @@ def conv2d(x, w, bias=None, stride=1, padding=0, *, policy=None, backend: str = 
     padding = _pair("padding", padding, 0)
     policy = as_policy(policy)
     resolved = resolve_backend(backend, x.device)
-    out_size = conv_emulate.output_size(x.shape[2:], w.shape[2:], stride, padding)
+    out_size = tuple(map(conv_output_size, x.shape[2:], w.shape[2:], stride, padding))
     if min(out_size) < 1:
         raise ValueError(
             f"input {tuple(x.shape[2:])} with padding {padding} is smaller than the kernel {tuple(w.shape[2:])}"
@@ -147,7 +127,9 @@ def conv2d(x, w, bias=None, stride=1, padding=0, *, policy=None, backend: str = 
     if resolved == "native":
         native_bias = None if bias is None else bias.to(out_dtype)
         return F.conv2d(x.to(out_dtype), w.to(out_dtype), native_bias, stride, padding)
-    _check_policy(policy, resolved, x, w, out_size)
+    cout, cin, kh, kw = w.shape
+    lengths = conv_reduction_lengths(cin, cout, kh, kw, x.shape[0], *out_size)
+    check_policy(policy, resolved, lengths, roles_to_run(x.requires_grad, w.requires_grad))
     out = _Conv2d.apply(x, w, policy, resolved, stride, padding)
     if bias is not None:
         out = out + bias.to(out_dtype).view(1, -1, 1, 1)

@@ -13,12 +13,13 @@ import torch
 import torch.nn.functional as F
 
 from .gemm import run_gemm
+from .geometry import conv_output_size
 from .reduction import Reduction
 
 
 def output_size(input_size, kernel_size, stride, padding) -> tuple[int, int]:
     """(Ho, Wo) of a convolution without dilation."""
-    return tuple((i + 2 * p - k) // s + 1 for i, k, s, p in zip(input_size, kernel_size, stride, padding))
+    return tuple(map(conv_output_size, input_size, kernel_size, stride, padding))
 
 
 def _taps(framed: torch.Tensor, kernel_size, out_size, step, flipped: bool) -> torch.Tensor:
@@ -72,9 +73,9 @@ def output_grad_taps(grad_out: torch.Tensor, input_size, kernel_size, stride, pa
 
 def forward(x, w, stride, padding, reduction: Reduction, out_dtype) -> torch.Tensor:
     """y[b, co, oy, ox] = C[co, b*Ho*Wo + oy*Wo + ox], C = W (Cout, Cin*kh*kw) @ im2col(x)."""
-    cout, _, kh, kw = w.shape
+    cout, cin, kh, kw = w.shape
     cols = patch_matrix(x, (kh, kw), stride, padding)
-    out = run_gemm(w.reshape(cout, -1).contiguous(), cols, reduction, "emulate", out_dtype, "forward")
+    out = run_gemm(w.reshape(cout, cin * kh * kw).contiguous(), cols, reduction, "emulate", out_dtype)
     return _channels_first(out, x.shape[0], output_size(x.shape[2:], (kh, kw), stride, padding))
 
 
@@ -83,16 +84,16 @@ def input_grad(grad_out, w, input_size, stride, padding, reduction: Reduction, o
     cout, cin, kh, kw = w.shape
     taps = output_grad_taps(grad_out, input_size, (kh, kw), stride, padding)
     weight_t = w.transpose(0, 1).reshape(cin, cout * kh * kw).contiguous()
-    out = run_gemm(weight_t, taps, reduction, "emulate", out_dtype, "input_grad")
+    out = run_gemm(weight_t, taps, reduction, "emulate", out_dtype)
     return _channels_first(out, grad_out.shape[0], input_size)
 
 
 def weight_grad(x, grad_out, kernel_size, stride, padding, reduction: Reduction, out_dtype) -> torch.Tensor:
     """dw[co, ci, ky, kx] = C[co, ci*kh*kw + ky*kw + kx], C = dY (Cout, N*Ho*Wo) @ im2col(x)^T."""
-    cout = grad_out.shape[1]
-    grads = grad_out.transpose(0, 1).reshape(cout, -1).contiguous()
     cols = patch_matrix(x, kernel_size, stride, padding)
-    out = run_gemm(grads, cols.t(), reduction, "emulate", out_dtype, "weight_grad")
+    cout = grad_out.shape[1]
+    grads = grad_out.transpose(0, 1).reshape(cout, cols.shape[1]).contiguous()
+    out = run_gemm(grads, cols.t(), reduction, "emulate", out_dtype)
     return out.view(cout, x.shape[1], *kernel_size)
 
 

@@ -1,40 +1,86 @@
-"""One GEMM under one Reduction on one backend: checks, call numbering and dispatch."""
+"""`kernels.matmul`: a differentiable GEMM whose every reduction follows a policy.
+
+The three roles of a @ b are GEMMs of their own (K is each one's reduction length):
+
+    role         GEMM            K
+    forward      a @ b           a.shape[1]
+    input_grad   grad @ b^T      b.shape[1]
+    weight_grad  a^T @ grad      a.shape[0]
+
+`run_gemm` runs one of them on a resolved backend; kernels.conv_emulate uses it too.
+"""
 from __future__ import annotations
 
 import torch
 
-from . import emulate
-from .backends import check_reduction_on_backend, check_splits
-from .calls import current_counter
-from .formats import FLOAT_INPUT_DTYPES
-from .order import call_key
-from .reduction import Reduction
+from . import gemm_emulate
+from .backends import resolve_backend
+from .calls import next_key
+from .checks import check_float_tensor, check_policy, refuse_double_backward, roles_to_run
+from .geometry import linear_reduction_lengths
+from .reduction import Policy, Reduction, as_policy
 
 
-def check_float_tensor(name: str, x) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in FLOAT_INPUT_DTYPES:
-        allowed = ", ".join(str(d).replace("torch.", "") for d in FLOAT_INPUT_DTYPES)
-        raise TypeError(f"{name} has dtype {str(x.dtype).replace('torch.', '')}; allowed: {allowed}")
-
-
-def next_key(reduction: Reduction) -> int:
-    """The call key of the next seeded call (0 for orders that need none)."""
-    if not reduction.seeded:
-        return 0
-    return call_key(reduction.seed, current_counter().take())
-
-
-def run_gemm(a, b, reduction: Reduction, backend: str, out_dtype: torch.dtype, role: str = "forward"):
-    """a (M, K) @ b (K, N) on a resolved backend; operands may have any strides."""
-    if backend == "native":
-        return torch.matmul(a.to(out_dtype), b.to(out_dtype))
-    check_reduction_on_backend(reduction, backend, role)
-    check_splits(reduction, a.shape[1], role)
+def run_gemm(a, b, reduction: Reduction, backend: str, out_dtype: torch.dtype):
+    """a (M, K) @ b (K, N) under `reduction` on a resolved, checked backend; any strides."""
     key = next_key(reduction)
     if backend == "emulate":
-        return emulate.gemm(a, b, reduction, key, out_dtype)
-    from . import triton_gemm
+        return gemm_emulate.gemm(a, b, reduction, key, out_dtype)
+    from . import gemm_triton
 
-    return triton_gemm.gemm(a, b, reduction, key, out_dtype)
+    return gemm_triton.gemm(a, b, reduction, key, out_dtype)
+
+
+class _Matmul(torch.autograd.Function):
+    """Forward a @ b; backward grad @ b^T (input_grad role) and a^T @ grad (weight_grad role)."""
+
+    @staticmethod
+    def forward(ctx, a, b, policy: Policy, backend: str):
+        ctx.save_for_backward(a, b)
+        ctx.policy, ctx.backend = policy, backend
+        return run_gemm(a, b, policy.forward, backend, torch.promote_types(a.dtype, b.dtype))
+
+    @staticmethod
+    def backward(ctx, grad):
+        refuse_double_backward("kernels.matmul")
+        a, b = ctx.saved_tensors
+        policy, backend = ctx.policy, ctx.backend
+        grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_a = run_gemm(grad, b.t(), policy.input_grad, backend, a.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_b = run_gemm(a.t(), grad, policy.weight_grad, backend, b.dtype)
+        return grad_a, grad_b, None, None
+
+
+def _check_operands(a, b) -> None:
+    check_float_tensor("a", a)
+    check_float_tensor("b", b)
+    if a.dim() != 2 or b.dim() != 2:
+        raise ValueError(f"matmul takes 2-D a (M, K) and b (K, N); got a {tuple(a.shape)} and b {tuple(b.shape)}")
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(
+            f"shape mismatch: a is {tuple(a.shape)} and b is {tuple(b.shape)}; a.shape[1] must equal b.shape[0]"
+        )
+    if a.device != b.device:
+        raise ValueError(f"a is on {a.device} and b on {b.device}; both must be on the same device")
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor, reduction=None, *, backend: str = "auto") -> torch.Tensor:
+    """a (M, K) @ b (K, N) with an explicit reduction order and precision.
+
+    `reduction` is a Reduction (used for the forward GEMM and both backward GEMMs), a Policy
+    (forward: a @ b, input_grad: grad @ b^T, weight_grad: a^T @ grad) or None (fixed fp32).
+    Splits are checked against each role's K for the roles this call will run (the gradient
+    roles when grad is enabled and the respective operand requires it). The result has
+    torch's promoted dtype of a and b.
+    """
+    _check_operands(a, b)
+    policy = as_policy(reduction)
+    resolved = resolve_backend(backend, a.device)
+    out_dtype = torch.promote_types(a.dtype, b.dtype)
+    if resolved == "native":
+        return torch.matmul(a.to(out_dtype), b.to(out_dtype))
+    lengths = linear_reduction_lengths(a.shape[1], b.shape[1], a.shape[0])
+    check_policy(policy, resolved, lengths, roles_to_run(a.requires_grad, b.requires_grad))
+    return _Matmul.apply(a, b, policy, resolved)

@@ -6,19 +6,20 @@ are torch's own; only `forward` changes, and two plain attributes say how it run
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-from .backends import BACKENDS
+from .backends import check_backend_name
 from .conv import conv2d
-from .matmul import matmul
+from .gemm import matmul
 from .reduction import as_policy
 
 
-def check_backend_name(backend) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r} is not allowed; choose one of {', '.join(map(repr, BACKENDS))}")
-    return backend
+def reducing_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every nn.Conv2d and nn.Linear of `model` (itself included, drop-ins too), by qualified name."""
+    return [(name, layer) for name, layer in model.named_modules() if isinstance(layer, (nn.Conv2d, nn.Linear))]
 
 
 def unsupported_conv_reason(conv: nn.Conv2d) -> str | None:
@@ -99,7 +100,7 @@ class Linear(_PolicyLayer, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"Linear expects inputs (..., {self.in_features}), got shape {tuple(x.shape)}")
-        rows = x.reshape(-1, self.in_features)
+        rows = x.reshape(math.prod(x.shape[:-1]), self.in_features)
         out = matmul(rows, self.weight.t(), self.policy, backend=self.backend)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)

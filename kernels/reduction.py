@@ -9,8 +9,12 @@ from dataclasses import asdict, dataclass, field
 
 MODES = ("fixed", "splitk", "atomic")
 GRANULARITIES = ("call", "tile", "element")
-PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "fp64")
-ACCUMULATES = ("fp32", "fp16", "bf16", "fp64")
+# What the Triton kernels run; fp64 is the emulate backend's float64 reference path only.
+KERNEL_PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+KERNEL_ACCUMULATES = ("fp32", "fp16", "bf16")
+PRECISIONS = (*KERNEL_PRECISIONS, "fp64")
+ACCUMULATES = (*KERNEL_ACCUMULATES, "fp64")
+ROLES = ("forward", "input_grad", "weight_grad")
 DEFAULT_NOISY_SPLITS = 8
 SEED_LIMIT = 2**32
 
@@ -81,8 +85,6 @@ class Reduction:
             order = f"atomic(splits={self.splits})"
         return f"{order} {self.precision}->{self.accumulate}"
 
-
-ROLES = ("forward", "input_grad", "weight_grad")
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ class ConstNet(nn.Module):
     The paper's reference code ran each stage's forward twice per step and kept the second
     result, so BN running statistics moved twice per step; that is a quirk of that code, not of
     the method, and is not reproduced here. Conv and linear layers are registered in the order
-    the forward pass uses them (see `nets.reduction_layers`).
+    the forward pass uses them (see `kernels.reducing_layers`).
     """
 
     def __init__(self, depth: int = 16, widen: int = 10, in_channels: int = 3, num_classes: int = 10,

@@ -24,10 +24,11 @@ class ReplicaMLP(nn.Module):
     independent of in_features. With noise=0 every group of `replicas` rows is bitwise identical.
     W2 (num_classes, width) is He normal, std sqrt(2 / width), so replicas connect to the output
     with different weights and backpropagation alone can separate them, as the paper notes.
-    Random draws come from torch's global generator.
+    Random draws come from torch's global generator. The defaults are the paper's 784-256-10
+    network on flattened 28x28 MNIST images.
     """
 
-    def __init__(self, in_features: int, width: int, replicas: int = 1, noise: float = 0.0,
+    def __init__(self, in_features: int = 784, width: int = 256, replicas: int = 1, noise: float = 0.0,
                  num_classes: int = 10):
         super().__init__()
         check_int("in_features", in_features)

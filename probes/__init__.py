@@ -1,11 +1,12 @@
 """Measurements: channel symmetry, bitwise divergence, accumulation order, noise, device records.
 
-Modules: symmetry (weight correlations, effective width), perturbation (symmetry-breaking
-perturbation of features), ulp / compare / fingerprint (bitwise divergence), reveal (summation
-tree recovery), noise (error and run-to-run spread), audit (non-deterministic ops), workloads
-(seeded ops and training runs), suite (the cross-machine fingerprint suite), device (NVML
-records), table (text tables). Importing this package touches neither CUDA nor triton; probes
-that run kernels import them when called.
+Instruments take tensors, models or reducers as arguments; whatever builds a network or a
+training run lives above them, in nets. Modules: symmetry (weight correlations, effective
+width), perturbation (symmetry-breaking perturbation of features), ulp / compare / fingerprint
+(bitwise divergence), repeat (which bits differ between repeated runs), reveal (summation tree
+recovery), ops (seeded single-op workloads), noise (error and run-to-run spread), audit
+(non-deterministic ops of a training step), timing (kernels against torch), device (NVML
+records), table (text tables). Importing this package touches neither CUDA nor triton.
 """
 from .compare import Comparison, compare, compare_dicts
 from .device import describe_device, device_info

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import kernels
+
 from .compare import compare
 
 
@@ -35,8 +37,6 @@ def _as_tuple(value):
 
 def _repeat(fn, runs: int) -> dict:
     """Run fn `runs` times (each replaying splitk call 0) and compare every result to the first."""
-    import kernels
-
     results = []
     for _ in range(runs):
         with kernels.counting(kernels.CallCounter()):
@@ -192,7 +192,8 @@ def audit(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn
             rows += _batchnorm_rows(name, entry, runs)
         else:
             rows += _layer_rows(name, entry, runs)
-    maps = [entry["input"] for entry in captured.values() if entry["input"].dim() == 4 and entry["input"].shape[-1] >= 2]
+    layer_inputs = [entry["input"] for entry in captured.values()]
+    maps = [tensor for tensor in layer_inputs if tensor.dim() == 4 and tensor.shape[-1] >= 2]
     if maps:
         pools = {"global average pool": lambda t: t.mean(dim=(2, 3)),
                  "avg_pool2d 2x2": lambda t: F.avg_pool2d(t, 2), "max_pool2d 2x2": lambda t: F.max_pool2d(t, 2)}

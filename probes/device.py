@@ -172,3 +172,27 @@ def describe_device(record: dict) -> str:
         return f"CPU {host.get('cpu_model')} x{host.get('cpu_count')} on {host.get('hostname')} (no NVIDIA GPU)"
     names = ", ".join(str(gpu.get("name")) for gpu in record.get("gpus", [])) or "no GPU"
     return f"{names}; driver {record.get('driver_version')}, CUDA {record.get('cuda_driver_version')}"
+
+
+def device_rows(record: dict) -> list[dict]:
+    """A device record as {"field", "value"} rows: host fields, then every GPU's (unreadable ones say why)."""
+    rows = [{"field": f"host.{key}", "value": value} for key, value in record["host"].items()]
+    if not record.get("nvidia"):
+        return rows + [{"field": "nvidia", "value": False}, {"field": "reason", "value": record.get("reason")}]
+    rows += [{"field": key, "value": record.get(key)} for key in ("driver_version", "cuda_driver_version", "gpu_count")]
+    for gpu in record.get("gpus", []):
+        rows += [{"field": f"gpu{gpu['index']}.{key}", "value": value}
+                 for key, value in gpu.items() if key not in ("index", "unreadable")]
+        rows += [{"field": f"gpu{gpu['index']}.{key}", "value": f"unreadable: {why}"}
+                 for key, why in gpu.get("unreadable", {}).items()]
+    return rows
+
+
+def device_summary(record: dict) -> dict:
+    """The fields that tell two machines apart: host, CPU, torch build, GPUs, driver."""
+    host = record.get("host", {})
+    gpus = record.get("gpus", [])
+    return {"host": host.get("hostname"), "cpu": host.get("cpu_model"), "torch": host.get("torch"),
+            "torch cuda": host.get("torch_cuda"), "gpu": ", ".join(str(g.get("name")) for g in gpus) or "none",
+            "compute capability": ", ".join(str(g.get("compute_capability")) for g in gpus) or "-",
+            "driver": record.get("driver_version"), "cuda driver": record.get("cuda_driver_version")}

@@ -27,10 +27,13 @@ that each is representable in the operand format and their product is exact).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+import kernels
 
 # significand bits (with the implicit bit) and normal exponent range of each format
 FORMATS = {
@@ -270,8 +273,6 @@ def kernel_reducer(reduction, backend: str = "auto", device="cpu", call: int = 0
     Replaying one call number makes a splitk reduction use the same order in all K(K-1)/2
     measurements, so the reveal shows the order of that (seed, call).
     """
-    import kernels
-
     def reduce(a, b):
         a_t = torch.from_numpy(a).float().to(device)[None, :]
         b_t = torch.from_numpy(b).float().to(device)[:, None]
@@ -299,3 +300,38 @@ def torch_sum_reducer(dtype=torch.float32, device="cpu"):
         return torch.from_numpy(a * b).to(device=device, dtype=dtype).sum().item()
 
     return reduce
+
+
+TARGETS = ("kernels", "torch-matmul", "torch-sum")
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
+
+
+def reveal_runs(target: str, k: int, calls, repeats: int, reduction, backend: str = "auto", dtype: str = "fp32",
+                assume_accumulate: str | None = None, device="cpu") -> list[dict]:
+    """Reveal the tree of `target` `repeats` times per call number; a row per reveal.
+
+    target "kernels" is kernels.matmul under `reduction` (each reveal replays its call number);
+    "torch-matmul" and "torch-sum" are torch's own, on `dtype` operands. Each row says whether
+    its tree is the one the first reveal of its call number found.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"target={target!r} is not allowed; choose one of {', '.join(TARGETS)}")
+    rows = []
+    for call in calls:
+        for run in range(repeats):
+            if target == "kernels":
+                reducer = kernel_reducer(reduction, backend, device, call)
+                operand, accumulate, products = reduction.precision, reduction.accumulate, True
+            elif target == "torch-matmul":
+                reducer = torch_matmul_reducer(TORCH_DTYPES[dtype], device)
+                operand, accumulate, products = dtype, "fp32", True
+            else:
+                reducer = torch_sum_reducer(TORCH_DTYPES[dtype], device)
+                operand, accumulate, products = dtype, "fp32", False
+            start = time.perf_counter()
+            result = reveal(reducer, k, operand, assume_accumulate or accumulate, products)
+            row = {"call": call, "run": run, "seconds": round(time.perf_counter() - start, 3), **result.to_dict()}
+            same_call = [r for r in rows if r["call"] == call]
+            row["same_as_first_run"] = same_call[0]["tree"] == row["tree"] if same_call else True
+            rows.append(row)
+    return rows

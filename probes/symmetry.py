@@ -9,7 +9,9 @@ uses s = cosine similarity <W_i, W_j> / (|W_i| |W_j|) (the paper, kind="cosine")
 correlation of the two rows (the reference code's np.corrcoef, kind="pearson"). Conventions:
 a pair involving a zero-norm row (zero-variance row for Pearson) has similarity 1, i.e. it counts
 as identical, as the reference code's NaN -> 1; so an all-zero tensor has C = 1. A tensor with a
-single row has no pairs and C = 1 (one channel is trivially symmetric).
+single row has no pairs and C = 1 (one channel is trivially symmetric). A weight holding NaN or
+inf says nothing about symmetry: its C, dissimilarity and effective width are NaN, the layer is
+flagged (`finite` False), and a maximum over layers that include it is NaN.
 
 The computation is exact: one float64 Gram matrix of the rows. `max_rows` samples that many rows
 without replacement with a seeded generator (the reference code sampled at most 5000).
@@ -21,6 +23,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+
+from kernels import reducing_layers
 
 KINDS = ("cosine", "pearson")
 
@@ -64,10 +68,12 @@ def _sample_rows(rows: torch.Tensor, max_rows: int | None, seed: int) -> torch.T
 def row_similarity_mean(rows: torch.Tensor, kind: str = "cosine") -> float:
     """Mean of s(row_i, row_j) over ordered pairs i != j (see the module docstring)."""
     _check_kind(kind)
+    rows = rows.to(torch.float64)
+    if not bool(torch.isfinite(rows).all()):
+        return math.nan
     n = rows.shape[0]
     if n < 2:
         return 1.0
-    rows = rows.to(torch.float64)
     if kind == "pearson":
         rows = rows - rows.mean(dim=1, keepdim=True)
     gram = rows @ rows.T
@@ -89,7 +95,9 @@ def backward_correlation(w: torch.Tensor, kind: str = "cosine", max_rows: int | 
 
 
 def dissimilarity(c: float) -> float:
-    """sqrt(1 - C^2), the paper's per-layer dissimilarity (C clamped to [-1, 1])."""
+    """sqrt(1 - C^2), the paper's per-layer dissimilarity (C clamped to [-1, 1]; NaN stays NaN)."""
+    if math.isnan(c):
+        return math.nan
     return math.sqrt(max(0.0, 1.0 - min(1.0, c * c)))
 
 
@@ -106,6 +114,12 @@ def mean_dissimilarity(correlations) -> float:
     return sum(dissimilarity(c) for c in correlations) / len(correlations)
 
 
+def max_correlation(correlations) -> float:
+    """The largest C; NaN when any is NaN (Python's max would depend on where the NaN stands)."""
+    correlations = list(correlations)
+    return math.nan if any(math.isnan(c) for c in correlations) else max(correlations)
+
+
 @dataclass
 class LayerSymmetry:
     """The symmetry record of one conv or linear layer."""
@@ -117,6 +131,7 @@ class LayerSymmetry:
     forward: float
     backward: float
     effective_width: float
+    finite: bool
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -134,6 +149,7 @@ def weight_symmetry(name: str, w: torch.Tensor, kind: str = "cosine", max_rows: 
         forward=forward,
         backward=backward_correlation(w, kind, max_rows, seed),
         effective_width=effective_width(w.shape[0], forward),
+        finite=bool(torch.isfinite(w.detach()).all()),
     )
 
 
@@ -143,6 +159,7 @@ def symmetry_report(named_weights, kind: str = "cosine", max_rows: int | None = 
 
     The summary (max forward C and mean dissimilarity) covers conv layers by default, as the
     paper's Table 2 (13 conv layers; a zero-initialised classifier would otherwise pin max C_f at 1).
+    "non_finite" names the layers whose weights hold NaN or inf.
     """
     layers = [weight_symmetry(name, w, kind, max_rows, seed) for name, w in named_weights]
     summarised = [layer.forward for layer in layers if layer.kind in summary_kinds]
@@ -150,15 +167,16 @@ def symmetry_report(named_weights, kind: str = "cosine", max_rows: int | None = 
         "kind": kind,
         "layers": [layer.to_dict() for layer in layers],
         "summary_kinds": list(summary_kinds),
-        "max_forward": max(summarised) if summarised else None,
+        "max_forward": max_correlation(summarised) if summarised else None,
         "mean_dissimilarity": mean_dissimilarity(summarised) if summarised else None,
+        "non_finite": [layer.name for layer in layers if not layer.finite],
     }
 
 
 def model_symmetry(model: nn.Module, kind: str = "cosine", max_rows: int | None = None, seed: int = 0,
                    summary_kinds: tuple = ("conv",)) -> dict:
     """symmetry_report of every nn.Conv2d / nn.Linear (subclasses included) of a model."""
-    named = [(name, m.weight) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    named = [(name, m.weight) for name, m in reducing_layers(model)]
     return symmetry_report(named, kind, max_rows, seed, summary_kinds)
 
 

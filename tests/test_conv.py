@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from kernels.calls import CallCounter, counting
 from kernels.conv import conv2d
-from kernels.emulate import gemm as emulated_gemm
+from kernels.gemm_emulate import gemm as emulated_gemm
 from kernels.order import call_key, chunk_bounds
 from kernels.reduction import Policy, Reduction
 

@@ -1,7 +1,7 @@
 """Experiment grids, report aggregation, and the CI-sized check of the paper's central claim.
 
 The tools are run as programs (subprocesses), as users run them; the grid and aggregation
-library (probes.experiments, probes.aggregate) is tested directly.
+library (nets.experiments) is tested directly.
 """
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from probes.aggregate import ONSET_BELOW, collect, group_runs, markdown_table, summarize
-from probes.experiments import EXPERIMENTS, build_experiment
+from nets.experiments.aggregate import ONSET_BELOW, collect, group_runs, markdown_table, summarize
+from nets.experiments.grids import EXPERIMENTS, build_experiment
+from nets.experiments.runner import check_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 # One thread per run: on a small shared machine two threads per tiny run mostly wait on each other.
@@ -213,26 +214,13 @@ def test_fixed_order_keeps_a_zero_init_constnet_symmetric_and_splitk_noise_break
 
 
 # -- results directories ---------------------------------------------------------------------
-def load_tool(name: str):
-    """A tools/ program as a module (tools are programs, not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_a_results_directory_takes_an_extended_grid_but_refuses_a_different_one(tmp_path):
-    import click
-
-    experiment_tool = load_tool("experiment")
     small, extended = build_experiment("dial", "cpu", (0,)), build_experiment("dial", "cpu", (0, 1))
     (tmp_path / "experiment.json").write_text(json.dumps(small.to_dict()))
-    experiment_tool.check_manifest(small, tmp_path)
-    experiment_tool.check_manifest(extended, tmp_path)
-    with pytest.raises(click.ClickException, match="already holds a different grid"):
-        experiment_tool.check_manifest(build_experiment("table1", "cpu", (0,)), tmp_path)
+    check_manifest(small, tmp_path)
+    check_manifest(extended, tmp_path)
+    with pytest.raises(ValueError, match="already holds a different grid"):
+        check_manifest(build_experiment("table1", "cpu", (0,)), tmp_path)
     done = tool("experiment.py", "table1", "--seeds", "0", "--out", str(tmp_path))
     assert done.returncode != 0 and "already holds a different grid" in done.stderr, done.stderr
     assert not (tmp_path / "logs").exists(), "a refused grid must not start"

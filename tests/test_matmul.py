@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from kernels import Policy, Reduction, counting, emulate, matmul
+from kernels import Policy, Reduction, counting, matmul
+from kernels import gemm_emulate as emulate
 from kernels.calls import CallCounter
 from kernels.order import GOLDEN, ORDER_TILE, PERMUTATIONS, chunk_bounds, chunk_order, order_index
 
@@ -369,7 +370,7 @@ def test_interpret_backend_requires_the_interpreter(monkeypatch):
 
 
 def test_fp64_reduction_is_rejected_on_triton_backends(monkeypatch):
-    from kernels.backends import check_reduction_on_backend
+    from kernels.checks import check_reduction_on_backend
 
     with pytest.raises(ValueError, match="weight_grad: precision='fp64'"):
         check_reduction_on_backend(Reduction(precision="fp64", accumulate="fp64"), "interpret", "weight_grad")

@@ -158,7 +158,7 @@ def test_patch_keeps_outputs_weights_and_state_dict(generator):
     keys = list(model.state_dict())
     x = torch.randn(4, 3, 9, 9, generator=generator)
 
-    assert patch(model, Policy.uniform(Reduction())) == 5
+    assert patch(model, Policy.uniform(Reduction())).count == 5
     assert list(model.state_dict()) == keys
     assert all(a is b for a, b in zip(model.parameters(), parameters)), "the very same Parameter objects"
     kinds = [type(m) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
@@ -181,32 +181,35 @@ def test_patched_model_trains_with_its_existing_optimizer(generator):
 def test_patch_again_sets_the_new_policy(generator):
     model = small_model()
     patch(model, Reduction())
-    assert patch(model, NOISY, backend="emulate") == 5
+    assert patch(model, NOISY, backend="emulate").count == 5
     layers = [m for m in model.modules() if isinstance(m, (Conv2d, Linear))]
     assert all(m.policy == Policy.uniform(NOISY) and m.backend == "emulate" for m in layers)
 
 
 def test_patch_a_bare_layer():
     layer = nn.Linear(3, 2)
-    assert patch(layer, None) == 1 and isinstance(layer, Linear)
+    assert patch(layer, None).patched == [""] and isinstance(layer, Linear)
 
 
 @pytest.mark.parametrize(
     "bad_layer,match",
     [
-        (nn.Conv2d(8, 8, 3, padding=2, dilation=2), r"layer '1.conv' \(Conv2d\): dilation=\(2, 2\) is not supported"),
-        (nn.Conv2d(8, 8, 3, padding=1, groups=2), r"layer '1.conv' \(Conv2d\): groups=2 is not supported"),
-        (nn.Conv2d(8, 8, 3, padding=1, padding_mode="circular"), "layer '1.conv'.*padding_mode='circular'"),
-        (nn.Conv2d(8, 8, 3, padding="same"), "layer '1.conv'.*padding='same' is a string"),
-        (nn.LazyConv2d(8, 3), "layer '1.conv'.*LazyConv2d subclasses nn.Conv2d"),
+        (nn.Conv2d(8, 8, 3, padding=2, dilation=2), r"'1.conv' \(Conv2d: dilation=\(2, 2\) is not supported"),
+        (nn.Conv2d(8, 8, 3, padding=1, groups=2), r"'1.conv' \(Conv2d: groups=2 is not supported"),
+        (nn.Conv2d(8, 8, 3, padding=1, padding_mode="circular"), "'1.conv'.*padding_mode='circular'"),
+        (nn.Conv2d(8, 8, 3, padding="same"), "'1.conv'.*padding='same' is a string"),
+        (nn.LazyConv2d(8, 3), "'1.conv'.*LazyConv2d subclasses nn.Conv2d"),
     ],
 )
-def test_patch_names_the_layer_it_cannot_honour_and_changes_nothing(bad_layer, match):
+def test_patch_names_the_layer_it_cannot_honour(bad_layer, match):
     model = small_model()
     model[1].conv = bad_layer
-    with pytest.raises(ValueError, match=match):
-        patch(model, NOISY)
-    assert not any(isinstance(m, (Conv2d, Linear)) for m in model.modules()), "nothing is patched on error"
+    with pytest.raises(ValueError, match="strict.*" + match):
+        patch(model, NOISY, strict=True)
+    assert not any(isinstance(m, (Conv2d, Linear)) for m in model.modules()), "strict: nothing is patched"
+    with pytest.warns(UserWarning, match=match):
+        report = patch(model, NOISY)
+    assert list(report.skipped) == ["1.conv"] and report.count == 4 and type(model[1].conv) is type(bad_layer)
 
 
 def test_patch_rejects_an_unknown_backend():

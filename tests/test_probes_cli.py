@@ -1,21 +1,16 @@
 """tools/probe.py end to end: every subcommand prints a table and writes JSON."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tools.probe import cli as probe_cli
 
 
 @pytest.fixture(scope="module")
 def cli():
-    spec = importlib.util.spec_from_file_location("probe_cli", REPO_ROOT / "tools" / "probe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.cli
+    return probe_cli
 
 
 def invoke(cli, *args):

@@ -5,17 +5,8 @@ import torch.nn.functional as F
 
 import kernels
 from probes.noise import error_statistics, noise_magnitude, run_spread
-from probes.workloads import (
-    ConvShape,
-    MatmulShape,
-    TrainingSetup,
-    make_inputs,
-    parse_shape,
-    reduction_length,
-    reference_op,
-    run_op,
-    train,
-)
+from nets.workloads import TrainingSetup, train
+from probes.ops import ConvShape, MatmulShape, make_inputs, parse_shape, reduction_length, reference_op, run_op
 
 FP32_EPS = 2.0 ** -24  # unit roundoff of fp32
 OPS_AND_SHAPES = [("matmul", MatmulShape(9, 70, 11)), ("conv_forward", ConvShape(2, 5, 7, 9, 3, 2, 1)),

@@ -7,8 +7,7 @@ import torch
 from kernels import Policy, Reduction, patch
 from nets.training.config import RunConfig, build_config, lr_milestone_epochs, resumed_config
 from nets.training.models import build_model, mlp_init_options
-from nets.training.numerics import (fit_splits_to_layers, output_positions, numerics_from_config, policy_from_config, resolve_device,
-                                    torch_switches)
+from nets.training.numerics import numerics_from_config, policy_from_config, resolve_device, torch_switches
 
 CPU = torch.device("cpu")
 
@@ -125,16 +124,19 @@ def test_tf32_native_and_cuda_device_need_a_gpu():
 
 def test_splits_are_capped_at_each_layers_reduction_length_and_the_caps_reported():
     model = build_model(build_config("quick", {"depth": 7, "widen": 1}), 1, (8, 8), 10)
-    positions = output_positions(model, (1, 8, 8))
-    assert positions["stem"] == 64 and positions["blocks.1.conv"] == 16 and positions["fc"] == 1, positions
-    patch(model, Policy(forward=Reduction("splitk", splits=12), input_grad=Reduction("fixed", splits=12),
-                        weight_grad=Reduction("atomic", splits=12)))
-    capped = fit_splits_to_layers(model, positions, smallest_batch=5)
+    smallest_batch = torch.zeros(5, 1, 8, 8)
+    whole = patch(model, Reduction("fixed", splits=10**6), example_input=smallest_batch).caps
+    # weight-gradient lengths: the batch times each layer's output positions (8x8, 4x4 after a stride, 1 for fc)
+    assert (whole["stem"]["weight_grad"], whole["blocks.1.conv"]["weight_grad"], whole["fc"]["weight_grad"]) == \
+        (5 * 64, 5 * 16, 5), whole
+    policy = Policy(forward=Reduction("splitk", splits=12), input_grad=Reduction("fixed", splits=12),
+                    weight_grad=Reduction("atomic", splits=12))
+    capped = patch(model, policy, example_input=smallest_batch).caps
     assert capped == {"stem": {"forward": 9}, "fc": {"input_grad": 10, "weight_grad": 5}}, capped
     assert model.stem.policy.forward == Reduction("splitk", splits=9)
     assert model.stem.policy.input_grad.splits == 12 and model.stem.policy.weight_grad.mode == "atomic"
     assert model.fc.policy.input_grad == Reduction("fixed", splits=10)
-    assert fit_splits_to_layers(model, positions, smallest_batch=5) == {}, "capping twice changes nothing"
+    assert patch(model, policy, example_input=smallest_batch).caps == capped, "patching again caps alike"
 
 
 def test_torch_switches_are_restored_after_the_run():

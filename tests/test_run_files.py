@@ -131,7 +131,7 @@ def test_plots_draw_symmetric_layers_on_the_floor(tmp_path):
 
 
 def test_correlation_text():
-    assert format_correlation(1.0) == "1 (symmetric)"
-    assert format_correlation(1.0 - 3e-9) == "1-3.0e-09"
+    assert format_correlation(1.0) == "1 (exact)"
+    assert format_correlation(1.0 - 3e-9) == "1 - 3.0e-09"
     assert format_correlation(0.25) == "0.2500"
     assert format_correlation(None) == "-"

@@ -1,7 +1,6 @@
 """Shared helpers of the tools/run.py tests: a tiny run configuration, the CLI, and run loaders."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from nets.training import Training, build_config, prepare_run_dir
+from tools.run import main as run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_SCRIPT = ROOT / "tools" / "run.py"
@@ -21,17 +21,9 @@ STEPS_PER_EPOCH = 6
 TIME_FIELDS = ("time", "images_per_s")
 
 
-def load_cli():
-    """tools/run.py's click command (tools/ is a folder of scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("run_cli", RUN_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
 def invoke(args: list[str]):
     """Run the CLI in this process; returns click's Result (exit_code, output)."""
-    return CliRunner().invoke(load_cli(), args, catch_exceptions=False)
+    return CliRunner().invoke(run_cli, args, catch_exceptions=False)
 
 
 def train(out: Path, resume: bool = False, **options):

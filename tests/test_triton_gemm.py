@@ -202,9 +202,9 @@ def test_interpret_splitk_order_is_emulates_order(generator, granularity, accumu
 @pytest.mark.parametrize("granularity", GRANULARITIES)
 def test_ordered_sum_kernel_matches_emulate_bitwise(generator, dtype, granularity):
     """The second stage alone, on given workspaces of mixed magnitudes, against emulate.sum_in_order."""
-    from kernels import emulate
+    from kernels import gemm_emulate as emulate
     from kernels.order import call_key
-    from kernels.triton_support import launch_ordered_sum
+    from kernels.order_triton import launch_ordered_sum
 
     m, n = 70, 130  # two 64-row and three 64-column order tiles, both with ragged edges
     for splits in (1, 2, 5, 8):
@@ -317,24 +317,31 @@ def test_interpret_gradients_follow_policy(generator):
 # ----------------------------------------------------------------------------- launch configs
 
 
-def test_gpu_launch_config_fills_the_gpu_and_fits_shared_memory():
-    from kernels.triton_gemm import TILES, gpu_launch_config
+def test_gpu_config_depends_on_formats_and_shape_only():
+    from kernels.gemm_triton import BLOCK_K, TILES, gemm_config
+    from kernels.triton_launch import PIPELINE_BYTES, TARGET_PROGRAMS
 
-    big = gpu_launch_config("fp16", 2, 4096, 4096, 1, 132)
+    f16, bf16, f32 = torch.float16, torch.bfloat16, torch.float32
+    big = gemm_config("fp16", f16, f16, 4096, 4096, 1, "direct")
     assert (big.block_m, big.block_n, big.block_k) == (128, 256, 64)
-    wgrad = gpu_launch_config("bf16", 2, 160, 1440, 8, 132)
-    assert triton_cdiv(160, wgrad.block_m) * triton_cdiv(1440, wgrad.block_n) * 8 >= 132
-    tiny = gpu_launch_config("fp16", 2, 16, 16, 1, 132)
+    wgrad = gemm_config("bf16", bf16, bf16, 160, 1440, 8, "workspace")
+    assert triton_cdiv(160, wgrad.block_m) * triton_cdiv(1440, wgrad.block_n) * 8 >= TARGET_PROGRAMS
+    tiny = gemm_config("fp16", f16, f16, 16, 16, 1, "direct")
     assert (tiny.block_m, tiny.block_n) == TILES[-1]
-    for precision, itemsize in (("fp32", 4), ("tf32", 4), ("fp16", 4), ("bf16", 2), ("tf32", 8)):
-        config = gpu_launch_config(precision, itemsize, 4096, 4096, 1, 132)
-        stage_bytes = (config.block_m + config.block_n) * config.block_k * itemsize
-        assert stage_bytes <= 48 * 1024, f"{precision}/{itemsize}B: a pipeline stage takes {stage_bytes} bytes"
-        assert config.block_k >= 16, "tl.dot needs K >= 16"
-    # 128x256 only for tensor-core operands straight from memory and a plain-store epilogue
-    assert gpu_launch_config("fp32", 4, 4096, 4096, 1, 132).block_n == 128
-    assert gpu_launch_config("fp16", 4, 4096, 4096, 1, 132).block_n == 128
-    assert gpu_launch_config("bf16", 2, 4096, 4096, 8, 132, atomic=True).block_n == 128
+    for precision in PRECISIONS:
+        for dtype in (f32, f16, bf16, torch.float64):
+            config = gemm_config(precision, dtype, dtype, 4096, 4096, 1, "direct")
+            assert config.block_k == BLOCK_K[precision], "BLOCK_K follows the operand format only"
+            stage_bytes = (config.block_m + config.block_n) * config.block_k * dtype.itemsize
+            assert config.num_stages == 2 or stage_bytes * config.num_stages <= PIPELINE_BYTES, (precision, dtype)
+            for m in (16, 160, 4096):  # BLOCK_K never follows the shape
+                assert gemm_config(precision, dtype, f32, m, 1440, 4, "workspace").block_k == BLOCK_K[precision]
+    # 128x256 only for tensor-core operands read in their own dtype and a plain-store epilogue
+    assert gemm_config("fp32", f32, f32, 4096, 4096, 1, "direct").block_n == 128
+    assert gemm_config("fp16", f32, f32, 4096, 4096, 1, "direct").block_n == 128
+    assert gemm_config("bf16", f16, f16, 4096, 4096, 1, "direct").block_n == 128
+    assert gemm_config("bf16", bf16, bf16, 4096, 4096, 8, "atomic").block_n == 128
+    assert gemm_config("tf32", f32, f32, 4096, 4096, 1, "direct").block_n == 256
 
 
 def triton_cdiv(x: int, y: int) -> int:

@@ -4,272 +4,34 @@
     python tools/bench.py gemm --shapes gpu --precisions fp16,bf16 --json gemm.json
     python tools/bench.py conv --shapes cpu       # ConstNet conv layers: forward, dgrad, wgrad
 
-For every case (shape or layer x role) x mode x precision the table gives the median time of
-our kernel and of torch (torch.matmul / torch.nn.functional.conv2d and its autograd, with TF32
-allowed only for precision tf32), TFLOP/s of both and their time ratio (ours / torch). On a GPU
-times come from triton.testing.do_bench; on a CPU from repeated perf_counter runs after warm-up,
-and the backend is `emulate` unless --backend says otherwise. --json FILE writes the rows with a
-record of the device.
-
-Shape presets (GEMM: M x N x K, a (M, K) @ b (K, N)):
-  gpu   4096^3; ConstNet weight gradients 160x1440 K=131072, 320x2880 K=32768, 640x5760
-        K=8192 (C_out x C_in*9, K = batch 128 x H x W); the ConstNet stage-1 forward as
-        kernels.conv lays it out, M = C_out 160, N = 128*32*32 pixels, K = 160*9
-  cpu   1024^3 and the same layers at batch 8 (K and the pixel count divided by 16)
-  tiny  a few small shapes, for tests
-Conv presets use the three ConstNet stage convolutions (3x3, pad 1) at batch 128 (gpu), 8 (cpu)
-or 2 with narrow channels (tiny).
+The table gives, per case x mode x precision, the median time of our kernel and of torch, TFLOP/s
+of both and their ratio (probes.timing says how each is measured and what the shape presets
+are). On a CPU the backend is `emulate` unless --backend says otherwise. --json FILE writes the
+rows with a record of the device.
 """
 from __future__ import annotations
 
-import json
-import statistics
 import sys
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+
+if __name__ == "__main__" and not __package__:  # `python tools/NAME.py`: import from this checkout
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import click
 import torch
 
-try:
-    import kernels  # noqa: F401
-except ImportError:  # run from a checkout that is not installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kernels import BACKENDS, KERNEL_ACCUMULATES, KERNEL_PRECISIONS, MODES, default_device, resolve_backend
+from nets.files import write_json
+from probes.device import describe_device, device_info
+from probes.table import format_table
+from probes.timing import GEMM_SHAPES, Row, conv_cases, gemm_cases, run_cases
+from tools.options import CommaList
 
-import kernels  # noqa: E402
-from kernels import CallCounter, Policy, Reduction, counting  # noqa: E402
-from kernels.backends import resolve_backend  # noqa: E402
-from probes.device import describe_device, device_info  # noqa: E402
-
-MODES = ("fixed", "splitk", "atomic")
-PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
-ROLES = ("forward", "input_grad", "weight_grad")
-INPUT_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-GEMM_SHAPES = {  # name -> (M, N, K)
-    "gpu": {
-        "square-4096": (4096, 4096, 4096),
-        "wgrad-160": (160, 1440, 131072),
-        "wgrad-320": (320, 2880, 32768),
-        "wgrad-640": (640, 5760, 8192),
-        "fwd-160": (160, 131072, 1440),
-    },
-    "cpu": {
-        "square-1024": (1024, 1024, 1024),
-        "wgrad-160": (160, 1440, 8192),
-        "wgrad-320": (320, 2880, 2048),
-        "wgrad-640": (640, 5760, 512),
-        "fwd-160": (160, 8192, 1440),
-    },
-    "tiny": {"square-64": (64, 64, 64), "wgrad-16": (16, 144, 512)},
-    # the quick preset's ConstNet-10-1 on 8x8 digits at batch 64 (the CPU experiments' net)
-    "quick": {"fwd-16": (16, 4096, 144), "wgrad-16": (16, 144, 4096), "wgrad-64": (64, 576, 256)},
-}
-CONV_LAYERS = {  # name -> (batch, channels, height = width); every layer is 3x3, stride 1, pad 1
-    "gpu": {"stage1": (128, 160, 32), "stage2": (128, 320, 16), "stage3": (128, 640, 8)},
-    "cpu": {"stage1": (8, 160, 32), "stage2": (8, 320, 16), "stage3": (8, 640, 8)},
-    "tiny": {"stage1": (2, 8, 8)},
-    "quick": {"stage1": (64, 16, 8), "stage2": (64, 32, 4), "stage3": (64, 64, 2)},
-}
-
-
-@dataclass(frozen=True)
-class Case:
-    """One timed problem: builds (ours, reference) callables for a reduction on a device."""
-
-    kind: str
-    name: str
-    role: str
-    m: int
-    n: int
-    k: int
-    build: Callable  # (reduction, dtype, backend, device, generator) -> (ours, reference)
-
-    @property
-    def flops(self) -> int:
-        return 2 * self.m * self.n * self.k
-
-
-@dataclass
-class Row:
-    kind: str
-    case: str
-    role: str
-    m: int
-    n: int
-    k: int
-    mode: str
-    splits: int
-    precision: str
-    accumulate: str
-    backend: str
-    ours_ms: float
-    torch_ms: float
-    ours_tflops: float
-    torch_tflops: float
-    ratio: float
-
-
-# ----------------------------------------------------------------------------- cases
-
-
-def _build_gemm(m, n, k):
-    def build(reduction, dtype, backend, device, generator):
-        a = torch.randn(m, k, generator=generator).to(device=device, dtype=dtype)
-        b = torch.randn(k, n, generator=generator).to(device=device, dtype=dtype)
-        return (lambda: kernels.matmul(a, b, reduction, backend=backend)), (lambda: torch.matmul(a, b))
-
-    return build
-
-
-def gemm_cases(preset: str) -> list[Case]:
-    return [
-        Case("gemm", name, "forward", m, n, k, _build_gemm(m, n, k))
-        for name, (m, n, k) in GEMM_SHAPES[preset].items()
-    ]
-
-
-def _conv_role(conv, x, w, grad, role: str):
-    """A callable running one role of a conv layer: its forward, or one gradient of its backward."""
-    if role == "forward":
-        return lambda: conv(x, w)
-    wrt = x if role == "input_grad" else w
-    wrt.requires_grad_(True)
-    out = conv(x, w)
-    return lambda: torch.autograd.grad(out, wrt, grad, retain_graph=True)
-
-
-def _build_conv(batch, channels, size, role):
-    def build(reduction, dtype, backend, device, generator):
-        x = torch.randn(batch, channels, size, size, generator=generator).to(device=device, dtype=dtype)
-        w = (torch.randn(channels, channels, 3, 3, generator=generator) / (3 * channels**0.5)).to(device, dtype)
-        grad = torch.randn(batch, channels, size, size, generator=generator).to(device=device, dtype=dtype)
-        policy = Policy(**{r: reduction if r == role else Reduction() for r in ROLES})
-
-        def ours(x, w):
-            return kernels.conv2d(x, w, padding=1, policy=policy, backend=backend)
-
-        def reference(x, w):
-            return torch.nn.functional.conv2d(x, w, padding=1)
-
-        return (
-            _conv_role(ours, x.clone(), w.clone(), grad, role),
-            _conv_role(reference, x.clone(), w.clone(), grad, role),
-        )
-
-    return build
-
-
-def conv_cases(preset: str) -> list[Case]:
-    """ConstNet's stage convolutions, each role as the GEMM it is (m, n, K as kernels.conv lays them out)."""
-    cases = []
-    for name, (batch, channels, size) in CONV_LAYERS[preset].items():
-        pixels, taps = batch * size * size, channels * 9
-        dims = {"forward": (channels, pixels, taps), "input_grad": (channels, pixels, taps),
-                "weight_grad": (channels, taps, pixels)}
-        for role in ROLES:
-            cases.append(Case("conv", name, role, *dims[role], _build_conv(batch, channels, size, role)))
-    return cases
-
-
-# ----------------------------------------------------------------------------- timing
-
-
-def median_ms(fn: Callable, device: torch.device, warmup: int, repeats: int) -> float:
-    """Median wall time of fn() in milliseconds, after warm-up (do_bench on CUDA)."""
-    if device.type == "cuda":
-        import triton.testing
-
-        fn()
-        return float(triton.testing.do_bench(fn, warmup=25 * warmup, rep=25 * repeats, return_mode="median"))
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
-
-
-class allow_tf32:
-    """Let torch's reference use TF32 exactly when the precision under test is tf32."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-
-    def __enter__(self):
-        self.saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.enabled
-
-    def __exit__(self, *exc):
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
-
-
-def reduction_for(mode: str, splits: int, precision: str, accumulate: str) -> Reduction:
-    return Reduction(mode=mode, splits=1 if mode == "fixed" else splits, precision=precision, accumulate=accumulate)
-
-
-def run_cases(cases, modes, precisions, accumulate, splits, backend, device, warmup, repeats, progress) -> list[Row]:
-    rows = []
-    reference_ms: dict[tuple, float] = {}
-    generator = torch.Generator().manual_seed(0)
-    for case in cases:
-        for precision in precisions:
-            for mode in modes:
-                reduction = reduction_for(mode, splits, precision, accumulate)
-                with allow_tf32(precision == "tf32"), counting(CallCounter()):
-                    ours, reference = case.build(reduction, INPUT_DTYPES[precision], backend, device, generator)
-                    ours_ms = median_ms(ours, device, warmup, repeats)
-                    key = (case.kind, case.name, case.role, precision)
-                    if key not in reference_ms:
-                        reference_ms[key] = median_ms(reference, device, warmup, repeats)
-                torch_ms = reference_ms[key]
-                rows.append(Row(
-                    case.kind, case.name, case.role, case.m, case.n, case.k, mode, reduction.splits, precision,
-                    accumulate, backend, round(ours_ms, 4), round(torch_ms, 4),
-                    round(case.flops / ours_ms / 1e9, 6), round(case.flops / torch_ms / 1e9, 6),
-                    round(ours_ms / torch_ms, 3),
-                ))
-                progress(rows[-1])
-    return rows
-
-
-def format_table(rows: list[Row]) -> str:
-    header = (f"{'case':<12} {'role':<11} {'M x N x K':<22} {'mode':<6} {'S':>2} {'prec':<4} "
-              f"{'ours ms':>9} {'torch ms':>9} {'ours TF/s':>9} {'torch TF/s':>10} {'ratio':>6}")
-    lines = [header, "-" * len(header)]
-    for row in rows:
-        lines.append(
-            f"{row.case:<12} {row.role:<11} {f'{row.m}x{row.n}x{row.k}':<22} {row.mode:<6} {row.splits:>2} "
-            f"{row.precision:<4} {row.ours_ms:9.3f} {row.torch_ms:9.3f} {row.ours_tflops:9.4g} "
-            f"{row.torch_tflops:10.4g} {row.ratio:6.2f}"
-        )
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-class CommaList(click.ParamType):
-    """A comma-separated list of choices, e.g. "fixed,splitk"."""
-
-    name = "list"
-
-    def __init__(self, allowed):
-        self.allowed = tuple(allowed)
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        items = tuple(item.strip() for item in str(value).split(",") if item.strip())
-        bad = [item for item in items if item not in self.allowed]
-        if bad or not items:
-            self.fail(f"{value!r}: choose a comma-separated list from {', '.join(self.allowed)}", param, ctx)
-        return items
+COLUMNS = [("case", "case"), ("role", "role"), ("M x N x K", "shape"), ("mode", "mode"), ("S", "splits"),
+           ("prec", "precision"), ("ours ms", "ours_ms"), ("torch ms", "torch_ms"), ("ours TF/s", "ours_tflops"),
+           ("torch TF/s", "torch_tflops"), ("ratio", "ratio")]
 
 
 def bench_options(command):
@@ -281,12 +43,12 @@ def bench_options(command):
                           "otherwise]."),
         click.option("--modes", type=CommaList(MODES), default=",".join(MODES), show_default=True,
                      help="Comma-separated reduction modes."),
-        click.option("--precisions", type=CommaList(PRECISIONS), default=None,
+        click.option("--precisions", type=CommaList(KERNEL_PRECISIONS), default=None,
                      help="Comma-separated operand precisions [default: all on CUDA, fp32 otherwise]."),
-        click.option("--accumulate", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True),
+        click.option("--accumulate", type=click.Choice(KERNEL_ACCUMULATES), default="fp32", show_default=True),
         click.option("--splits", type=click.IntRange(min=2), default=8, show_default=True,
                      help="K chunks of splitk and atomic (fixed uses 1)."),
-        click.option("--backend", type=click.Choice(["auto", "triton", "emulate", "interpret"]), default="auto",
+        click.option("--backend", type=click.Choice([b for b in BACKENDS if b != "native"]), default="auto",
                      show_default=True),
         click.option("--device", "device_name", default=None, help="torch device [default: cuda if available]."),
         click.option("--warmup", type=click.IntRange(min=1), default=2, show_default=True,
@@ -303,11 +65,11 @@ def bench_options(command):
 
 def run_benchmark(kind, shapes, modes, precisions, accumulate, splits, backend, device_name, warmup, repeats,
                   json_path):
-    device = torch.device(device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device_name) if device_name else default_device()
     backend = resolve_backend(backend, device)
     on_gpu = device.type == "cuda"
     shapes = shapes or ("gpu" if on_gpu else "cpu")
-    precisions = precisions or (PRECISIONS if on_gpu else ("fp32",))
+    precisions = precisions or (KERNEL_PRECISIONS if on_gpu else ("fp32",))
     cases = gemm_cases(shapes) if kind == "gemm" else conv_cases(shapes)
     record = device_info()
     click.echo(f"{kind} on {describe_device(record)}; backend {backend}, shapes {shapes}", err=True)
@@ -317,9 +79,9 @@ def run_benchmark(kind, shapes, modes, precisions, accumulate, splits, backend, 
                    f"(torch {row.torch_ms:.3f} ms)", err=True)
 
     rows = run_cases(cases, modes, precisions, accumulate, splits, backend, device, warmup, repeats, progress)
-    click.echo(format_table(rows))
+    click.echo(format_table([{**asdict(row), "shape": f"{row.m}x{row.n}x{row.k}"} for row in rows], COLUMNS))
     if json_path is not None:
-        payload = {
+        write_json(json_path, {
             "kind": kind,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "device": describe_device(record),
@@ -328,8 +90,7 @@ def run_benchmark(kind, shapes, modes, precisions, accumulate, splits, backend, 
                          "repeats": repeats, "splits": splits, "accumulate": accumulate,
                          "torch_threads": torch.get_num_threads()},
             "rows": [asdict(row) for row in rows],
-        }
-        json_path.write_text(json.dumps(payload, indent=1))
+        })
         click.echo(f"wrote {json_path}", err=True)
 
 

@@ -4,18 +4,20 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+if __name__ == "__main__" and not __package__:  # `python tools/NAME.py`: import from this checkout
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import click
 from click.core import ParameterSource
 
-try:
-    import nets.training  # noqa: F401
-except ImportError:  # run from a checkout that is not installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nets.training.config import (ACCUMULATES, DATASETS, DTYPES, GRANULARITIES, NETS, PRESETS,  # noqa: E402
-                                  REDUCTIONS, ROLE_MODES, RunConfig, build_config, resumed_config)
-from nets.training.loop import SetupError, Training  # noqa: E402
-from nets.training.rundir import CONFIG, RunDirError, default_run_dir, prepare_run_dir  # noqa: E402
+from kernels import GRANULARITIES, KERNEL_ACCUMULATES, KERNEL_PRECISIONS, MODES
+from kernels.allreduce import ALLREDUCE_MODES
+from nets.training.config import (DATASETS, INTERCEPTS, NETS, PRESETS, REDUCTIONS, build_config, resumed_config,
+                                  saved_config)
+from nets.training.distributed import (check_resume_world, check_same_run, join, launched_world, leave,
+                                      shared_run_dir)
+from nets.training.loop import SetupError, Training
+from nets.training.rundir import CONFIG, RunDirError, default_run_dir, prepare_run_dir
 
 RUN_CONTROL = ("preset", "out", "resume", "overwrite")
 INTERRUPTED_EXIT = 130
@@ -30,9 +32,9 @@ def choice(values) -> click.Choice:
               help="quick: small zero-init ConstNet on digits (CPU, < 2 min); paper: WRN-16-10 ConstNet, CIFAR-10.")
 @click.option("--net", type=choice(NETS), help="Network family.")
 @click.option("--init", help="constnet: zero|he; leakynet: letters such as 1_ii_ii_ii; wrn: he; "
-                             "mlp: replicas=R[,noise=EPS].")
-@click.option("--widen", type=int, help="Width multiplier k (mlp: hidden units).")
-@click.option("--depth", type=int, help="WRN depth (constnet/leakynet 3n+4, wrn 6n+4; mlp 2).")
+                             "mlp: replicas=R[,noise=EPS]; transformer: torch.")
+@click.option("--widen", type=int, help="Width multiplier k (mlp: hidden units; transformer: features).")
+@click.option("--depth", type=int, help="WRN depth (constnet/leakynet 3n+4, wrn 6n+4; mlp 2; transformer: layers).")
 @click.option("--dropout", type=float, help="Dropout after every block conv.")
 @click.option("--stem-dropout", type=float, help="Dropout after the stem (constnet, leakynet).")
 @click.option("--reduction", type=choice(REDUCTIONS),
@@ -40,13 +42,23 @@ def choice(values) -> click.Choice:
 @click.option("--splits", type=int, help="K chunks per reduction (default 1 for fixed, 8 otherwise).")
 @click.option("--granularity", type=choice(GRANULARITIES), help="How finely the splitk order varies.")
 @click.option("--noise-seed", type=int, help="Seed of the splitk orders.")
-@click.option("--forward", type=choice(ROLE_MODES), help="Override the forward reduction's mode.")
-@click.option("--input-grad", type=choice(ROLE_MODES), help="Override the input-gradient reduction's mode.")
-@click.option("--weight-grad", type=choice(ROLE_MODES), help="Override the weight-gradient reduction's mode.")
-@click.option("--dtype", type=choice(DTYPES), help="Operand precision of the multiplies (native: autocast/TF32).")
-@click.option("--accumulate", type=choice(ACCUMULATES), help="Format of the partial sums.")
+@click.option("--forward", type=choice(MODES), help="Override the forward reduction's mode.")
+@click.option("--input-grad", type=choice(MODES), help="Override the input-gradient reduction's mode.")
+@click.option("--weight-grad", type=choice(MODES), help="Override the weight-gradient reduction's mode.")
+@click.option("--dtype", type=choice(KERNEL_PRECISIONS),
+              help="Operand precision of the multiplies (native: autocast/TF32).")
+@click.option("--accumulate", type=choice(KERNEL_ACCUMULATES), help="Format of the partial sums.")
 @click.option("--native-deterministic", is_flag=True,
               help="With --reduction native: torch deterministic algorithms and deterministic cuDNN.")
+@click.option("--intercept", type=choice(INTERCEPTS),
+              help="How the policy reaches the net: patch (its Conv2d/Linear layers) or dispatch "
+                   "(kernels.policy_mode: every matmul and convolution, attention included).")
+@click.option("--allreduce", type=choice(ALLREDUCE_MODES),
+              help="Gradient all-reduce under torchrun: native (the backend's), fixed (rank order), "
+                   "splitk (seeded order; --noise-seed, --granularity).")
+@click.option("--sync-bn", is_flag=True, help="Under torchrun on GPUs: BatchNorm statistics over all ranks.")
+@click.option("--micro-batches", type=int,
+              help="One process replaying R ranks: R micro-batches, gradients averaged as --allreduce does.")
 @click.option("--dataset", type=choice(DATASETS), help="digits (bundled), synthetic, mnist or cifar10.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Directory holding mnist/cifar10 files.")
 @click.option("--batch-size", type=int, help="Training batch size.")
@@ -76,34 +88,70 @@ def main(ctx: click.Context, **options) -> None:
       python tools/run.py --reduction=atomic --dtype=fp16
       python tools/run.py --preset paper --data-dir ~/data
       python tools/run.py --resume --out runs/NAME
+      torchrun --nproc_per_node=2 tools/run.py --reduction=fixed --allreduce=fixed --out runs/ddp
+      python tools/run.py --reduction=fixed --allreduce=fixed --micro-batches=2   # the same, in one process
     """
     explicit = {
         name: value
         for name, value in options.items()
         if name not in RUN_CONTROL and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
     }
+    failure, interrupted = None, False
     try:
+        interrupted = train(launched_world(), options, explicit)
+    except click.ClickException as error:
+        error.show()
+        failure = error.exit_code
+    leave(wait=failure is None)  # after the except block: nothing of the run is referenced any more
+    if failure is not None:
+        ctx.exit(failure)
+    if interrupted:
+        ctx.exit(INTERRUPTED_EXIT)
+
+
+def train(world, options: dict, explicit: dict) -> bool:
+    """Build and train the run on this rank; True when Ctrl-C stopped it.
+
+    Nothing of the run outlives this call, so the process group can then end cleanly.
+    """
+    prefix = f"rank {world.rank}: " if world.size > 1 else ""
+    echo = click.echo if world.main else (lambda line: None)
+    try:
+        join(world)
         if options["resume"]:
             if options["out"] is None:
                 raise click.UsageError("--resume needs --out naming the run directory to continue")
-            run_dir = prepare_run_dir(options["out"], resume=True, overwrite=options["overwrite"])
-            saved = RunConfig.from_dict(run_dir.read_json(CONFIG)["options"])
-            training = Training(resumed_config(saved, explicit), echo=click.echo)
+            run_dir = shared_run_dir(world, lambda: prepare_run_dir(options["out"], resume=True,
+                                                                    overwrite=options["overwrite"]))
+            saved = run_dir.read_json(CONFIG)
+            config = resumed_config(saved_config(saved, run_dir.file(CONFIG)), explicit)
+            check_resume_world(saved["derived"], world, run_dir.path)
         else:
             config = build_config(options["preset"], explicit)
-            training = Training(config, echo=click.echo)
+        check_same_run(world, sys.argv[1:], config.to_dict())
+        training = Training(config, echo=echo)
+        if not options["resume"]:
             out = options["out"] or default_run_dir(config.net, config.reduction, config.dtype)
-            run_dir = prepare_run_dir(out, resume=False, overwrite=options["overwrite"])
+            run_dir = shared_run_dir(world, lambda: prepare_run_dir(out, resume=False, overwrite=options["overwrite"]))
     except (SetupError, RunDirError, ValueError) as error:
-        raise click.ClickException(str(error)) from None
-    click.echo(f"run directory: {run_dir.path}")
-    invocation = {"argv": sys.argv[1:], "out": str(run_dir.path), "overwrite": options["overwrite"]}
+        raise click.ClickException(prefix + str(error)) from None
+    echo(f"run directory: {run_dir.path}")
+    invocation = {"argv": sys.argv[1:], "out": str(run_dir.path), "overwrite": options["overwrite"],
+                  "world_size": world.size}
     try:
         outcome = training.run(run_dir, resume=options["resume"], invocation=invocation)
-    except SetupError as error:
-        raise click.ClickException(str(error)) from None
-    if outcome.interrupted:
-        ctx.exit(INTERRUPTED_EXIT)
+    except (SetupError, RunDirError) as error:
+        raise click.ClickException(prefix + str(error)) from None
+    except RuntimeError as error:
+        if world.size == 1:
+            raise
+        raise click.ClickException(
+            f"{prefix}the run stopped ({type(error).__name__}: {error}); the checkpoint in {run_dir.path} is "
+            f"intact: continue with torchrun --nproc_per_node={world.size} tools/run.py --resume --out {run_dir.path}"
+        ) from None
+    if outcome.stopped:
+        raise click.ClickException(prefix + outcome.stopped)
+    return outcome.interrupted
 
 
 if __name__ == "__main__":

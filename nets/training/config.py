@@ -6,19 +6,27 @@ to the run's config.json, so a run can be resumed or repeated from that file alo
 """
 from __future__ import annotations
 
+import math
+import typing
 from dataclasses import asdict, dataclass, fields, replace
 
-NETS = ("constnet", "leakynet", "wrn", "mlp")
+from kernels import GRANULARITIES, KERNEL_ACCUMULATES, KERNEL_PRECISIONS, MODES, ROLES
+from kernels.allreduce import ALLREDUCE_MODES
+
+NETS = ("constnet", "leakynet", "wrn", "mlp", "transformer")
 DATASETS = ("digits", "synthetic", "mnist", "cifar10")
-REDUCTIONS = ("fixed", "splitk", "atomic", "native")
-ROLE_MODES = ("fixed", "splitk", "atomic")
-DTYPES = ("fp32", "tf32", "fp16", "bf16")
-ACCUMULATES = ("fp32", "fp16", "bf16")
-GRANULARITIES = ("call", "tile", "element")
+# --reduction: a mode of our kernels in every role, or torch's own kernels unpatched
+REDUCTIONS = (*MODES, "native")
+# --intercept: how the policy reaches the network: kernels.patch swaps its Conv2d/Linear layers;
+# dispatch runs every training step and evaluation under kernels.policy_mode (every aten matmul
+# and convolution, attention included)
+INTERCEPTS = ("patch", "dispatch")
 
 # Options a resumed run may change: how long it trains. Any other change would make the
 # resumed run a different run from the one its checkpoint belongs to.
 RESUMABLE_OPTIONS = ("epochs", "steps")
+# numpy and torch take seeds below 2**32; the splitk order function works modulo 2**32
+SEED_LIMIT = 2**32
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,11 @@ class RunConfig:
     dtype: str = "fp32"
     accumulate: str = "fp32"
     native_deterministic: bool = False
+    intercept: str = "patch"
+    # data parallel: the gradient all-reduce, BatchNorm across ranks, R ranks replayed in one process
+    allreduce: str = "native"
+    sync_bn: bool = False
+    micro_batches: int = 1
     # data and optimisation
     dataset: str = "digits"
     data_dir: str | None = None
@@ -70,7 +83,23 @@ class RunConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown run options {unknown}; known options: {sorted(known)}")
+        _check_types(values)
         return cls(**values)
+
+
+TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
+
+
+def _check_types(values: dict) -> None:
+    """Each value has its option's type (a float option also takes an int; no option takes a bool
+    unless it is a flag), so that a hand-edited config.json fails naming the option."""
+    hints = typing.get_type_hints(RunConfig)
+    for name, value in values.items():
+        allowed = typing.get_args(hints[name]) or (hints[name],)
+        accepted = (*allowed, int) if float in allowed else allowed
+        if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in allowed):
+            kinds = " or ".join(TYPE_NAMES[kind] for kind in allowed)
+            raise ValueError(f"{flag(name)}={value!r} is not allowed; it must be {kinds}")
 
 
 PRESETS: dict[str, dict] = {
@@ -106,6 +135,7 @@ NET_DEFAULTS = {
     "leakynet": {"init": None},
     "wrn": {"init": "he"},
     "mlp": {"init": "replicas=1", "depth": 2, "widen": 128},
+    "transformer": {"init": "torch", "depth": 2, "widen": 32},
 }
 
 
@@ -126,6 +156,19 @@ def build_config(preset: str, overrides: dict) -> RunConfig:
         values["steps"] = None
     config = RunConfig.from_dict({**RunConfig().to_dict(), **values})
     check_config(config)
+    return config
+
+
+def saved_config(record: dict, source) -> RunConfig:
+    """The options of a run's config.json `record` (read from `source`), checked; errors name the file."""
+    for key in ("options", "derived"):
+        if not isinstance(record.get(key), dict):
+            raise ValueError(f"{source} has no {key!r} object, so it is not a run's config.json")
+    try:
+        config = RunConfig.from_dict(record["options"])
+        check_config(config)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
     return config
 
 
@@ -160,6 +203,8 @@ def _choice(name: str, value, allowed) -> None:
 
 
 def _at_least(name: str, value, low) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{flag(name)}={value} is not allowed; it must be a finite number >= {low}")
     if value is not None and value < low:
         raise ValueError(f"{flag(name)}={value} is not allowed; it must be >= {low}")
 
@@ -169,30 +214,36 @@ def check_config(config: RunConfig) -> None:
     _choice("net", config.net, NETS)
     _choice("dataset", config.dataset, DATASETS)
     _choice("reduction", config.reduction, REDUCTIONS)
+    _choice("intercept", config.intercept, INTERCEPTS)
     _choice("granularity", config.granularity, GRANULARITIES)
-    _choice("dtype", config.dtype, DTYPES)
-    _choice("accumulate", config.accumulate, ACCUMULATES)
-    for role in ("forward", "input_grad", "weight_grad"):
+    _choice("dtype", config.dtype, KERNEL_PRECISIONS)
+    _choice("accumulate", config.accumulate, KERNEL_ACCUMULATES)
+    _choice("allreduce", config.allreduce, ALLREDUCE_MODES)
+    for role in ROLES:
         if getattr(config, role) is not None:
-            _choice(role, getattr(config, role), ROLE_MODES)
-    for name, low in (("depth", 1), ("widen", 1), ("splits", 1), ("batch_size", 1), ("epochs", 1),
+            _choice(role, getattr(config, role), MODES)
+    for name, low in (("depth", 1), ("widen", 1), ("splits", 1), ("batch_size", 1), ("epochs", 1), ("micro_batches", 1),
                       ("steps", 1), ("log_every", 1), ("eval_batch_size", 1), ("noise_seed", 0), ("seed", 0),
                       ("lr", 0.0), ("momentum", 0.0), ("weight_decay", 0.0), ("lr_gamma", 0.0)):
         _at_least(name, getattr(config, name), low)
-    for name in ("dropout", "stem_dropout"):
+    for name in ("dropout", "stem_dropout", "momentum"):
         if not 0.0 <= getattr(config, name) < 1.0:
             raise ValueError(f"{flag(name)}={getattr(config, name)} is not allowed; it must be in [0, 1)")
-    if not 0 <= config.noise_seed < 2**32:
-        raise ValueError(f"--noise-seed={config.noise_seed} is not allowed; it must be in [0, 2**32)")
+    for name in ("seed", "noise_seed"):
+        if not getattr(config, name) < SEED_LIMIT:
+            raise ValueError(f"{flag(name)}={getattr(config, name)} is not allowed; it must be in [0, 2**32)")
     if (config.epochs is None) == (config.steps is None):
         raise ValueError("give exactly one of --epochs or --steps")
     if config.reduction == "native":
-        overridden = [role for role in ("forward", "input_grad", "weight_grad") if getattr(config, role)]
+        overridden = [role for role in ROLES if getattr(config, role)]
         if overridden:
             flags = ", ".join(flag(role) for role in overridden)
             raise ValueError(f"{flags} need --reduction fixed, splitk or atomic (native runs torch's own kernels)")
         if config.accumulate != "fp32":
             raise ValueError("--accumulate applies to our kernels; --reduction native accumulates as torch does")
+        if config.intercept != "patch":
+            raise ValueError("--intercept dispatch needs --reduction fixed, splitk or atomic "
+                             "(native runs torch's own kernels)")
     elif config.native_deterministic:
         raise ValueError("--native-deterministic applies to --reduction native only")
     lr_milestone_epochs(config.lr_milestones, 1.0)  # validates the syntax
@@ -214,7 +265,20 @@ def lr_milestone_epochs(spec: str, total_epochs: float) -> list[float]:
             raise ValueError(
                 f"--lr-milestones entry {entry!r} is not an epoch; use numbers like 100 or E-40 (40 before the end)"
             ) from None
-        if value < 0:
-            raise ValueError(f"--lr-milestones entry {entry!r} is negative")
+        if not 0 <= value < math.inf:
+            raise ValueError(f"--lr-milestones entry {entry!r} is not allowed; epochs are finite and >= 0")
         epochs.append(total_epochs - value if relative else value)
     return sorted(epochs)
+
+
+class LRSchedule:
+    """lr * gamma ** (number of milestones reached); milestones in steps."""
+
+    def __init__(self, lr: float, gamma: float, milestone_steps: list[int]):
+        self.lr, self.gamma, self.milestone_steps = lr, gamma, milestone_steps
+
+    def at(self, step: int) -> float:
+        return self.lr * self.gamma ** sum(step >= milestone for milestone in self.milestone_steps)
+
+    def to_dict(self) -> dict:
+        return {"lr": self.lr, "gamma": self.gamma, "milestone_steps": self.milestone_steps}

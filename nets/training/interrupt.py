@@ -1,4 +1,5 @@
-"""Ctrl-C during training: finish the current step, save a checkpoint, stop cleanly.
+"""Ctrl-C (or SIGTERM, as a batch scheduler sends) during training: finish the current step, save
+a checkpoint, stop cleanly.
 
 The first SIGINT only raises a flag that the training loop reads between steps, so the
 checkpoint it then writes is a consistent step boundary; a second SIGINT aborts at once
@@ -28,13 +29,14 @@ class InterruptFlag:
 
 @contextmanager
 def deferred_interrupt(echo: Callable[[str], None]):
-    """Install the SIGINT handler for the block (only possible, and only needed, in the main thread)."""
+    """Install the SIGINT and SIGTERM handler for the block (only possible, and only needed, in the main thread)."""
     flag = InterruptFlag(echo)
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
-    previous = signal.signal(signal.SIGINT, flag.handle)
+    previous = {number: signal.signal(number, flag.handle) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass
+from contextlib import nullcontext
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -28,21 +28,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kernels import CallCounter, counting, patch
+from kernels import CallCounter, counting, patch, policy_mode
 from nets.data import BatchLoader, load_dataset
 
 from . import symmetry
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import RunConfig, lr_milestone_epochs
+from .config import LRSchedule, RunConfig, lr_milestone_epochs
 from .interrupt import deferred_interrupt
 from .models import build_model
-from .numerics import (autocast, fit_splits_to_layers, numerics_from_config, output_positions,
-                       prepare_cuda_environment, resolve_device, torch_switches)
+from .numerics import autocast, numerics_from_config, prepare_cuda_environment, resolve_device, torch_switches
 from .plots import write_plots
 from .records import device_record, env_record
 from .report import final_table, progress_line, test_line
-from .rundir import CONFIG, ENV, METRICS, SUMMARY, SYMMETRY, RunDir
+from .outcome import RunOutcome, non_finite_loss, run_summary, write_failure
+from .rundir import CHECKPOINT, CONFIG, ENV, METRICS, SUMMARY, SYMMETRY, RunDir, RunDirWriteError
 from .state import Interval, RunState
+from .distributed import batch_plan, current_world, make_steps, ranks_record, shards_of
+from .step import make_optimizer
 
 # The train/test split of the embedded datasets is fixed, so runs that differ in --seed
 # differ in init, order and noise, not in which images they are tested on.
@@ -54,31 +56,10 @@ class SetupError(ValueError):
     """A run cannot start as configured (bad option combination, missing data, ...)."""
 
 
-@dataclass
-class RunOutcome:
-    """summary.json's content (None when interrupted) and whether Ctrl-C stopped the run."""
-
-    summary: dict | None
-    interrupted: bool
-
-
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
-
-
-class LRSchedule:
-    """lr * gamma ** (number of milestones reached); milestones in steps."""
-
-    def __init__(self, lr: float, gamma: float, milestone_steps: list[int]):
-        self.lr, self.gamma, self.milestone_steps = lr, gamma, milestone_steps
-
-    def at(self, step: int) -> float:
-        return self.lr * self.gamma ** sum(step >= milestone for milestone in self.milestone_steps)
-
-    def to_dict(self) -> dict:
-        return {"lr": self.lr, "gamma": self.gamma, "milestone_steps": self.milestone_steps}
 
 
 class Training:
@@ -99,20 +80,26 @@ class Training:
         seed_everything(config.seed)
         data = load_dataset(config.dataset, data_dir=config.data_dir, seed=DATA_SPLIT_SEED)
         self.data_info = data.info
+        self.world = current_world()
+        shards = shards_of(config, self.world, self.device)
+        drop_last, smallest_shard = batch_plan(len(data.train), config.batch_size, shards)
         self.model = build_model(config, data.info.in_channels, data.info.image_size, data.info.num_classes)
         self.patched_layers = 0
         self.capped_splits = {}
-        if self.numerics.policy is not None:
-            positions = output_positions(self.model, (data.info.in_channels, *data.info.image_size))
-            self.patched_layers = patch(self.model, self.numerics.policy, backend=self.numerics.backend)
-            smallest_batch = len(data.train) % config.batch_size or config.batch_size
-            self.capped_splits = fit_splits_to_layers(self.model, positions, smallest_batch)
+        # --intercept dispatch: training steps and evaluation run under the mode, the model unpatched
+        self.mode = None
+        if self.numerics.policy is not None and config.intercept == "dispatch":
+            self.mode = policy_mode(self.numerics.policy, backend=self.numerics.backend)
+        elif self.numerics.policy is not None:
+            # the splits are capped over the smallest batch a rank trains (its weight gradients are the shortest)
+            example = torch.zeros(smallest_shard, data.info.in_channels, *data.info.image_size)
+            report = patch(self.model, self.numerics.policy, backend=self.numerics.backend, example_input=example)
+            self.patched_layers, self.capped_splits = report.count, report.caps
         self.model.to(self.device)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
-                                         weight_decay=config.weight_decay)
+        self.optimizer = make_optimizer(self.model, config.lr, config.momentum, config.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.dtype == "fp16")
         self.train_loader = BatchLoader(data.train.to(self.device), config.batch_size, seed=config.seed,
-                                        augment=data.augment)
+                                        augment=data.augment, drop_last=drop_last)
         self.test_loader = BatchLoader(data.test.to(self.device), config.eval_batch_size, shuffle=False)
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = config.steps if config.steps is not None else config.epochs * self.steps_per_epoch
@@ -121,6 +108,7 @@ class Training:
             round(epoch * self.steps_per_epoch) for epoch in lr_milestone_epochs(config.lr_milestones, total_epochs)
         ])
         self.counter = CallCounter()
+        self.steps = make_steps(self, self.world)
 
     # -- records ---------------------------------------------------------------------------
     def derived(self) -> dict:
@@ -137,6 +125,8 @@ class Training:
             "data_split_seed": DATA_SPLIT_SEED,
             "steps_per_epoch": self.steps_per_epoch,
             "total_steps": self.total_steps,
+            "world_size": self.world.size,
+            "drop_last_batch": self.train_loader.drop_last,
             "lr_schedule": self.schedule.to_dict(),
             "symmetry_broken_below": symmetry.BROKEN_BELOW,
             "symmetry_layers": [name for name, _ in symmetry.summarised_layers(self.model)],
@@ -150,14 +140,26 @@ class Training:
 
     # -- the run ---------------------------------------------------------------------------
     def run(self, run_dir: RunDir, *, resume: bool = False, invocation: dict | None = None) -> RunOutcome:
-        """Train to the configured length (continuing the run in `run_dir` when `resume`)."""
+        """Train to the configured length (continuing the run in `run_dir` when `resume`).
+
+        A loss that turns non-finite stops the run (RunOutcome.stopped says why); a file that cannot
+        be written raises RunDirWriteError; both leave the last checkpoint as it was and say its step.
+        """
+        self.checkpoint_step, self.stopped = None, None
+        try:
+            return self._run(run_dir, resume, invocation)
+        except RunDirWriteError as error:
+            raise RunDirWriteError(write_failure(error, run_dir, self.checkpoint_step)) from None
+
+    def _run(self, run_dir: RunDir, resume: bool, invocation: dict | None) -> RunOutcome:
         self.run_dir = run_dir
         self.session_start = time.perf_counter()
         self._last_echo = -math.inf
         invocation = {**(invocation or {}), "resume": resume, "time": datetime.now(timezone.utc).isoformat()}
         with torch_switches(self.numerics, self.device), counting(self.counter), \
                 deferred_interrupt(self.echo) as interrupt:
-            self.state = self._resume(invocation) if resume else self._start(invocation)
+            restart = resume and not run_dir.file(CHECKPOINT).is_file()
+            self.state = self._resume(invocation) if resume and not restart else self._start(invocation, restart)
             self.elapsed_before = self.state.elapsed_seconds
             if self.numerics.atomic_emulated:
                 self.echo("note: atomic mode on CPU is emulated: chunk partial sums are added in an order drawn "
@@ -166,19 +168,24 @@ class Training:
                       f"{self.data_info.name}, {self.device}: {self.numerics.describe()}")
             if self._train(interrupt):
                 self._save_checkpoint()
-                write_plots(self.state.metrics, self.state.symmetry, run_dir.plots)
+                if self.world.main:
+                    write_plots(self.state.metrics, self.state.symmetry, run_dir.plots)
                 self.echo(f"interrupted at step {self.state.step}; checkpoint saved. Resume with: "
                           f"python tools/run.py --resume --out {run_dir.path}")
                 return RunOutcome(None, True)
             summary = self._finish()
         self.echo(final_table(summary, self.state.symmetry[-1] if self.state.symmetry else None))
-        return RunOutcome(summary, False)
+        return RunOutcome(summary, False, self.stopped)
 
-    def _start(self, invocation: dict) -> RunState:
+    def _start(self, invocation: dict, restart: bool = False) -> RunState:
+        """A new run; `restart`: a resumed one that never reached a checkpoint starts over, keeping its record."""
         run_dir = self.run_dir
+        earlier = run_dir.read_json(CONFIG).get("invocations", []) if restart else []
+        if restart:
+            self.echo(f"{run_dir.path} has no {CHECKPOINT} yet: starting over from step 0 with its saved options")
         run_dir.write_json(CONFIG, {"options": self.config.to_dict(), "derived": self.derived(),
-                                    "invocations": [invocation]})
-        run_dir.write_json(ENV, env_record())
+                                    "invocations": [*earlier, invocation]})
+        run_dir.write_json(ENV, {**env_record(), **ranks_record(self.world, self.device)})
         run_dir.write_jsonl(METRICS, [])
         run_dir.write_jsonl(SYMMETRY, [])
         state = RunState()
@@ -193,11 +200,11 @@ class Training:
         if state.step > self.total_steps:
             raise SetupError(f"{run_dir.path} has already trained {state.step} steps; "
                              f"a resumed run can only grow (this length is {self.total_steps} steps)")
-        saved = run_dir.read_json(CONFIG)
+        saved, env = run_dir.read_json(CONFIG), run_dir.read_json(ENV)  # both checked before anything is written
+        self.checkpoint_step = state.step
         run_dir.write_json(CONFIG, {"options": self.config.to_dict(), "derived": self.derived(),
                                     "invocations": [*saved.get("invocations", []), invocation]})
-        env = run_dir.read_json(ENV)
-        env.setdefault("resumes", []).append(env_record())
+        env.setdefault("resumes", []).append({**env_record(), **ranks_record(self.world, self.device)})
         run_dir.write_json(ENV, env)
         run_dir.write_jsonl(METRICS, state.metrics)
         run_dir.write_jsonl(SYMMETRY, state.symmetry)
@@ -217,6 +224,9 @@ class Training:
             lr = self.schedule.at(state.step)
             started = time.perf_counter()
             loss, correct = self._train_step(batch.images, batch.labels, lr)
+            if not math.isfinite(loss):
+                self.stopped = non_finite_loss(loss, state.step + 1, self.run_dir, self.checkpoint_step)
+                return False
             seconds = time.perf_counter() - started
             count = batch.labels.shape[0]
             state.step += 1
@@ -229,16 +239,8 @@ class Training:
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor, lr: float) -> tuple[float, int]:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.model.train()
-        with autocast(self.numerics, self.device):
-            logits = self.model(images)
-            loss = F.cross_entropy(logits.float(), labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        correct = int((logits.argmax(dim=1) == labels).sum())
-        return loss.item(), correct
+        with self.mode or nullcontext():
+            return self.steps.step(images, labels, self.state.step)
 
     def _after_step(self, lr: float) -> None:
         step = self.state.step
@@ -265,7 +267,7 @@ class Training:
             forward = symmetry.forward_correlations(self.model)
         else:
             return
-        state.max_forward = max(forward.values())
+        state.max_forward = symmetry.max_correlation(forward.values())
         for name, correlation in forward.items():
             if correlation < symmetry.BROKEN_BELOW:
                 state.layer_broke_steps.setdefault(name, state.step)
@@ -298,7 +300,7 @@ class Training:
         """Test loss and accuracy; the record is appended to the history and metrics.jsonl."""
         self.model.eval()
         loss_sum, correct, count = 0.0, 0, 0
-        with counting(CallCounter()), autocast(self.numerics, self.device):
+        with counting(CallCounter()), self.mode or nullcontext(), autocast(self.numerics, self.device):
             for batch in self.test_loader.epoch(0):
                 logits = self.model(batch.images).float()
                 loss_sum += F.cross_entropy(logits, batch.labels, reduction="sum").item()
@@ -318,37 +320,23 @@ class Training:
         self.state.elapsed_seconds = self._elapsed()
         save_checkpoint(self.run_dir, model=self.model, optimizer=self.optimizer, scaler=self.scaler,
                         counter=self.counter, schedule=self.schedule.to_dict(), state=self.state, device=self.device)
+        self.checkpoint_step = self.state.step
 
     def _finish(self) -> dict:
-        """Final checkpoint, summary.json, plots and the closing device record."""
-        self._save_checkpoint()
+        """Final checkpoint (none after a non-finite loss), summary.json, plots and the closing device record."""
+        if self.stopped is None:
+            self._save_checkpoint()
         state = self.state
-        final_test = state.latest_test()
-        last_symmetry = state.symmetry[-1] if state.symmetry else {}
-        summary = {
-            "run_dir": str(self.run_dir.path),
-            "numerics": self.numerics.describe(),
-            "steps": state.step,
-            "epochs": state.step / self.steps_per_epoch,
-            "final_test_acc": final_test["acc"] if final_test else None,
-            "final_test_loss": final_test["loss"] if final_test else None,
-            "best_test_acc": state.best_test_acc,
-            "best_test_step": state.best_test_step,
-            "symmetry_broke_step": state.symmetry_broke_step,
-            "first_layer_broke_step": min(state.layer_broke_steps.values(), default=None),
-            "layer_broke_steps": state.layer_broke_steps,
-            "symmetry_threshold": symmetry.BROKEN_BELOW,
-            "symmetry_layers": [name for name, _ in symmetry.summarised_layers(self.model)],
-            "final_max_forward": last_symmetry.get("max_forward"),
-            "final_mean_dissimilarity": last_symmetry.get("mean_dissimilarity"),
-            "total_seconds": state.elapsed_seconds,
-            "train_seconds": state.train_seconds,
-            "images": state.images,
-            "images_per_s": state.images / state.train_seconds if state.train_seconds > 0 else 0.0,
-            "step_seconds": state.train_seconds / state.step if state.step else None,
-        }
+        summary = run_summary(state, run_dir=self.run_dir, numerics=self.numerics.describe(),
+                              steps_per_epoch=self.steps_per_epoch,
+                              layers=[name for name, _ in symmetry.summarised_layers(self.model)],
+                              stopped=self.stopped, checkpoint_step=self.checkpoint_step)
+        if self.mode is not None:
+            summary["dispatch"] = self.mode.report.to_dict()
+            self.echo(self.mode.report.table())
         self.run_dir.write_json(SUMMARY, summary)
-        write_plots(state.metrics, state.symmetry, self.run_dir.plots)
+        if self.world.main:
+            write_plots(state.metrics, state.symmetry, self.run_dir.plots)
         env = self.run_dir.read_json(ENV)
         env["device_end"] = device_record()
         self.run_dir.write_json(ENV, env)

@@ -1,4 +1,4 @@
-"""The network of a run, built from its options and its dataset's shape.
+"""The one network builder: a network for a dataset's shape, from a run's options or from explicit ones.
 
 The shape options mean, per network:
   constnet  --depth/--widen as in WRN-d-k, --init zero|he, --dropout, --stem-dropout
@@ -6,6 +6,8 @@ The shape options mean, per network:
   wrn       --depth/--widen (two convs per block), He init only (--init he), --dropout
   mlp       the replica MLP: --widen hidden units, --init "replicas=R" or "replicas=R,noise=EPS";
             one hidden layer (--depth 2)
+  transformer  a small vision transformer (nets.transformer): --depth encoder layers of --widen
+            features, --dropout inside them, torch's own initialisation (--init torch)
 When --net names another network than the preset's, the options it does not give explicitly
 take the network's own defaults (config.NET_DEFAULTS) instead of the preset's.
 """
@@ -41,17 +43,23 @@ def mlp_init_options(init: str) -> dict:
     return options
 
 
-def model_options(config: RunConfig, in_channels: int, image_size: tuple[int, int], num_classes: int) -> dict:
-    """The keyword arguments of nets.build for this run's network and data."""
-    common = {"num_classes": num_classes}
+def model_options(config: RunConfig) -> dict:
+    """The network options of nets.build for this run (the data's shape aside)."""
     if config.net == "mlp":
         if config.depth != MLP_DEPTH:
             raise ValueError(
                 f"--depth={config.depth} is not allowed for --net mlp: it has one hidden layer (--depth 2)")
-        return {**common, "in_features": in_channels * math.prod(image_size), "width": config.widen,
-                **mlp_init_options(config.init)}
-    options = {**common, "depth": config.depth, "widen": config.widen, "in_channels": in_channels,
-               "dropout": config.dropout}
+        if config.dropout + config.stem_dropout > 0:
+            raise ValueError("--dropout/--stem-dropout are not available for --net mlp")
+        return {"width": config.widen, **mlp_init_options(config.init)}
+    if config.net == "transformer":
+        if config.init != "torch":
+            raise ValueError(f"--init={config.init!r} is not allowed for --net transformer: it keeps torch's "
+                             "own initialisation (torch)")
+        if config.stem_dropout:
+            raise ValueError("--stem-dropout is not available for --net transformer")
+        return {"depth": config.depth, "width": config.widen, "dropout": config.dropout}
+    options = {"depth": config.depth, "widen": config.widen, "dropout": config.dropout}
     if config.net == "wrn":
         if config.init != "he":
             raise ValueError(
@@ -62,8 +70,19 @@ def model_options(config: RunConfig, in_channels: int, image_size: tuple[int, in
     return {**options, "stem_dropout": config.stem_dropout, "init": config.init}
 
 
+def build_network(net: str, options: dict, in_channels: int, image_size: tuple[int, int],
+                  num_classes: int) -> nn.Module:
+    """nets.build(net, **options) for images of this shape: the MLP sees them flattened.
+
+    Initialised from torch's global generator (seed it, or fork it, first).
+    """
+    if net.lower() == "mlp":
+        inputs = {"in_features": in_channels * math.prod(image_size)}
+    else:
+        inputs = {"in_channels": in_channels}
+    return nets.build(net, **inputs, num_classes=num_classes, **options)
+
+
 def build_model(config: RunConfig, in_channels: int, image_size: tuple[int, int], num_classes: int) -> nn.Module:
     """The run's network, initialised from torch's global generator (seed it first)."""
-    if config.net == "mlp" and config.dropout + config.stem_dropout > 0:
-        raise ValueError("--dropout/--stem-dropout are not available for --net mlp")
-    return nets.build(config.net, **model_options(config, in_channels, image_size, num_classes))
+    return build_network(config.net, model_options(config), in_channels, image_size, num_classes)

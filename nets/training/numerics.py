@@ -11,17 +11,13 @@ deterministic), and for --reduction native only with --native-deterministic (the
 """
 from __future__ import annotations
 
-import math
 import os
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from kernels import Conv2d, Linear, Policy, Reduction
-from kernels.backends import resolve_backend
-from kernels.reduction import ROLES
+from kernels import ROLES, Policy, Reduction, default_device, resolve_backend
 
 from .config import RunConfig
 
@@ -54,7 +50,7 @@ def policy_from_config(config: RunConfig) -> Policy | None:
 def resolve_device(name: str) -> torch.device:
     """--device auto/cpu/cuda/cuda:N as a torch.device, refusing CUDA where there is none."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return default_device()
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -129,67 +125,6 @@ def prepare_cuda_environment(numerics: Numerics, device: torch.device) -> None:
     """
     if numerics.deterministic_torch and device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
-
-
-def output_positions(model: nn.Module, sample_shape: tuple[int, ...]) -> dict[str, int]:
-    """Output positions per example of every conv/linear layer (HO*WO of a conv), by name.
-
-    Found by one forward pass of a zero example, in eval mode and without gradients (on the
-    unpatched model: a patched one would already apply the splits this is used to fit).
-    """
-    positions = {}
-
-    def record(name):
-        def hook(layer, inputs, output):
-            spatial = output.shape[2:] if isinstance(layer, nn.Conv2d) else output.shape[1:-1]
-            positions[name] = math.prod(spatial)
-        return hook
-
-    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    handles = [layer.register_forward_hook(record(name)) for name, layer in layers]
-    training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *sample_shape))
-    finally:
-        model.train(training)
-        for handle in handles:
-            handle.remove()
-    return positions
-
-
-def reduction_lengths(layer: nn.Module, positions: int, batch: int) -> dict[str, int]:
-    """K of each role's reduction in a conv or linear layer with `positions` outputs per example."""
-    if isinstance(layer, nn.Conv2d):
-        taps = math.prod(layer.kernel_size)
-        lengths = {"forward": layer.in_channels * taps, "input_grad": layer.out_channels * taps}
-    else:
-        lengths = {"forward": layer.in_features, "input_grad": layer.out_features}
-    return {**lengths, "weight_grad": batch * positions}
-
-
-def fit_splits_to_layers(model: nn.Module, positions: dict[str, int], smallest_batch: int):
-    """Cap each patched layer's splits at the length of each of its reductions; return the caps.
-
-    A network mixes short and long reductions (a 1-channel stem reduces over 9 terms, a
-    640-channel conv over 5760, a classifier's weight gradient over the batch, whose last one
-    may be small), so --splits applies to every reduction long enough for it and a shorter one
-    is cut into one chunk per term. The caps, by layer and role, are recorded in config.json.
-    `positions` is output_positions of the model before it was patched.
-    """
-    capped = {}
-    for name, layer in model.named_modules():
-        if not isinstance(layer, (Conv2d, Linear)):
-            continue
-        fits = {}
-        for role, length in reduction_lengths(layer, positions[name], smallest_batch).items():
-            if getattr(layer.policy, role).splits > length:
-                fits[role] = replace(getattr(layer.policy, role), splits=length)
-        if fits:
-            layer.policy = replace(layer.policy, **fits)
-            capped[name] = {role: reduction.splits for role, reduction in fits.items()}
-    return capped
 
 
 @contextmanager

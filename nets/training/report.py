@@ -1,14 +1,20 @@
 """Human-readable output of a run: progress lines and the final table."""
 from __future__ import annotations
 
+import math
+
+from probes.table import align
+
 
 def format_correlation(c: float | None) -> str:
-    """C with enough digits to see it leave 1: near 1 as "1-gap" (exactly 1: still symmetric)."""
+    """C_f so that its distance from 1 stays visible: 1 exactly, 1 - 3.2e-07, or 0.8123 (NaN: weights not finite)."""
     if c is None:
         return "-"
+    if math.isnan(c):
+        return "nan (weights not finite)"
     if c >= 1.0:
-        return "1 (symmetric)"
-    return f"1-{1.0 - c:.1e}" if c > 0.9999 else f"{c:.4f}"
+        return "1 (exact)"
+    return f"1 - {1.0 - c:.1e}" if c > 0.999 else f"{c:.4f}"
 
 
 def progress_line(record: dict, total_steps: int, max_forward: float | None) -> str:
@@ -25,17 +31,12 @@ def test_line(record: dict) -> str:
             f"acc {100 * record['acc']:5.1f}%")
 
 
-def _table(rows: list[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
-
-
 def final_table(summary: dict, last_symmetry: dict | None) -> str:
     """The run's summary and its last per-layer symmetry record, as aligned text."""
     percent = lambda value: "-" if value is None else f"{100 * value:.2f}%"  # noqa: E731
     broke, first = summary["symmetry_broke_step"], summary["first_layer_broke_step"]
     broke_at = summary["layer_broke_steps"]
-    lines = _table([
+    lines = align([
         ("run", summary["run_dir"]),
         ("numerics", summary["numerics"]),
         ("steps", f"{summary['steps']} ({summary['epochs']:.2f} epochs)"),
@@ -53,7 +54,7 @@ def final_table(summary: dict, last_symmetry: dict | None) -> str:
     ])
     if last_symmetry:
         lines += ["", f"per-layer symmetry at step {last_symmetry['step']}:"]
-        lines += _table([("layer", "out", "in", "C_f", "C_b", "eff. width", "broke at step")] + [
+        lines += align([("layer", "out", "in", "C_f", "C_b", "eff. width", "broke at step")] + [
             (layer["name"], str(layer["n_out"]), str(layer["n_in"]), format_correlation(layer["forward"]),
              format_correlation(layer["backward"]), f"{layer['effective_width']:.1f}",
              str(broke_at.get(layer["name"], "-")))

@@ -3,18 +3,21 @@
 Whole files (JSON, the checkpoint, rewritten JSON-lines files) are written to a temporary file
 in the same directory and renamed over the target, so a reader, or a crash, sees either the old
 file or the new one. A directory that already holds a run is refused unless the caller resumes
-it or explicitly asks to overwrite it.
+it or explicitly asks to overwrite it. Files that cannot be read back as expected, or written (a
+full disk), raise RunDirError naming the file; temporary files of writers that were killed are
+removed whenever a run starts in the directory.
 """
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+
+from ..files import atomic_write, read_json_object, stale_temporaries, write_json
 
 CONFIG = "config.json"
 ENV = "env.json"
@@ -27,34 +30,52 @@ RUN_FILES = (CONFIG, ENV, METRICS, SYMMETRY, SUMMARY, CHECKPOINT)
 
 
 class RunDirError(ValueError):
-    """The run directory cannot be used as asked (exists, missing, unwritable)."""
+    """The run directory cannot be used as asked (exists, missing, unwritable, damaged)."""
+
+
+class RunDirWriteError(RunDirError):
+    """A file of the run directory could not be written (a full disk, a vanished mount)."""
+
+
+@contextmanager
+def _writing(path: Path):
+    try:
+        yield
+    except OSError as error:
+        raise RunDirWriteError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+class _WriteErrors:
+    """A file handle that keeps the OSError of a failed write (torch.save reports it as a RuntimeError)."""
+
+    def __init__(self, handle):
+        self.handle, self.error = handle, None
+
+    def write(self, data) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def _torch_save(value, handle) -> None:
+    keeper = _WriteErrors(handle)
+    try:
+        torch.save(value, keeper)
+    except RuntimeError:
+        if keeper.error is None:
+            raise
+        raise keeper.error from None
 
 
 def default_run_dir(net: str, reduction: str, dtype: str, root: str | Path = "runs") -> Path:
     """runs/<timestamp>-<net>-<reduction>-<dtype>."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path(root) / f"{stamp}-{net}-{reduction}-{dtype}"
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call write(handle) on a temporary file beside `path`, then rename it over `path`.
-
-    The temporary file is created like any other file (umask permissions, unlike mkstemp's 0600).
-    """
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(temporary, "xb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def _json_bytes(value) -> bytes:
-    return (json.dumps(value, indent=2, sort_keys=False, allow_nan=True) + "\n").encode()
 
 
 def _jsonl_bytes(records) -> bytes:
@@ -78,21 +99,28 @@ class RunDir:
         return any(self.file(name).exists() for name in RUN_FILES)
 
     def write_json(self, name: str, value) -> None:
-        _atomic_write(self.file(name), lambda handle: handle.write(_json_bytes(value)))
+        with _writing(self.file(name)):
+            write_json(self.file(name), value)
 
-    def read_json(self, name: str):
-        return json.loads(self.file(name).read_text())
+    def read_json(self, name: str) -> dict:
+        """A JSON object the run wrote (RunDirError naming the file when it is missing or damaged)."""
+        try:
+            return read_json_object(self.file(name))
+        except ValueError as error:
+            raise RunDirError(str(error)) from None
 
     def write_jsonl(self, name: str, records) -> None:
         """Replace a JSON-lines file with `records` (used when a resumed run restores its history)."""
-        _atomic_write(self.file(name), lambda handle: handle.write(_jsonl_bytes(records)))
+        with _writing(self.file(name)):
+            atomic_write(self.file(name), lambda handle: handle.write(_jsonl_bytes(records)))
 
     def append_jsonl(self, name: str, record: dict) -> None:
-        with open(self.file(name), "ab") as handle:
+        with _writing(self.file(name)), open(self.file(name), "ab") as handle:
             handle.write(_jsonl_bytes([record]))
 
     def save_torch(self, name: str, value) -> None:
-        _atomic_write(self.file(name), lambda handle: torch.save(value, handle))
+        with _writing(self.file(name)):
+            atomic_write(self.file(name), lambda handle: _torch_save(value, handle))
 
     def load_torch(self, name: str):
         return torch.load(self.file(name), map_location="cpu", weights_only=False)
@@ -112,8 +140,8 @@ def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool) -> RunDi
     if resume and overwrite:
         raise RunDirError("--resume and --overwrite exclude each other: continue the run or replace it")
     if resume:
-        if not run_dir.file(CHECKPOINT).is_file() or not run_dir.file(CONFIG).is_file():
-            raise RunDirError(f"nothing to resume in {run_dir.path}: it has no {CHECKPOINT} and {CONFIG}")
+        if not run_dir.file(CONFIG).is_file():
+            raise RunDirError(f"nothing to resume in {run_dir.path}: it has no {CONFIG}")
     elif run_dir.holds_run():
         if not overwrite:
             raise RunDirError(
@@ -121,6 +149,8 @@ def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool) -> RunDi
                 "or choose another --out"
             )
         run_dir.clear()
+    for orphan in stale_temporaries(run_dir.path, RUN_FILES):
+        orphan.unlink(missing_ok=True)
     try:
         run_dir.plots.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=run_dir.path):

@@ -24,6 +24,8 @@ from __future__ import annotations
 from torch import nn
 
 import probes
+from probes.symmetry import max_correlation
+from kernels import reducing_layers
 
 BROKEN_BELOW = 1.0 - 1e-6
 
@@ -34,7 +36,7 @@ def summarised_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     Every convolution; in a network without convolutions (the replica MLP), every linear layer
     but the last, whose rows are the classes.
     """
-    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    layers = reducing_layers(model)
     convs = [(name, m) for name, m in layers if isinstance(m, nn.Conv2d)]
     return convs or layers[:-1]
 
@@ -54,7 +56,7 @@ def symmetry_record(model: nn.Module, step: int, epoch: float) -> dict:
         "epoch": epoch,
         "layers": layers,
         "summary_layers": names,
-        "max_forward": max(forward),
+        "max_forward": max_correlation(forward),
         "mean_dissimilarity": probes.mean_dissimilarity(forward),
     }
 

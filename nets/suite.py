@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import torch
 
-from .device import device_info
-from .fingerprint import fingerprint
-from .workloads import ConvShape, MatmulShape, OPS, TrainingSetup, make_inputs, run_op, train
+import kernels
+from probes.device import device_info
+from probes.fingerprint import fingerprint
+from probes.ops import OPS, ConvShape, MatmulShape, make_inputs, run_op
+
+from .workloads import TrainingSetup, train
 
 SUITE_SHAPES = {"matmul": MatmulShape(48, 96, 40), "conv_forward": ConvShape(2, 8, 12, 8),
                 "conv_dgrad": ConvShape(2, 8, 12, 8), "conv_wgrad": ConvShape(2, 8, 12, 8)}
@@ -30,8 +33,6 @@ FORMAT_VERSION = 1
 
 
 def suite_reductions():
-    import kernels
-
     modes = [dict(mode="fixed", splits=1), dict(mode="fixed", splits=4), dict(mode="splitk", splits=4, seed=0),
              dict(mode="atomic", splits=4)]
     return [kernels.Reduction(precision=precision, **mode) for mode in modes for precision in SUITE_PRECISIONS]
@@ -39,8 +40,6 @@ def suite_reductions():
 
 def suite_policies():
     """(label, policy, backend kind) of the training entries."""
-    import kernels
-
     fixed = kernels.Reduction()
     splitk = kernels.Reduction(mode="splitk", splits=4, seed=0)
     return [("fixed", kernels.Policy(), "kernels"),
@@ -49,8 +48,6 @@ def suite_policies():
 
 
 def _op_entry(op: str, reduction, backend: str, device) -> str:
-    import kernels
-
     shape = SUITE_SHAPES[op]
     inputs = make_inputs(op, shape, seed=0, device=device)
     with kernels.counting(kernels.CallCounter()):
@@ -62,9 +59,7 @@ def run_suite(device=None, progress=None) -> dict:
 
     `progress(name)` is called before each entry when given.
     """
-    import kernels
-
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device) if device else kernels.default_device()
     kernel_backend = "triton" if device.type == "cuda" else "emulate"
     jobs = []
     for op in OPS:

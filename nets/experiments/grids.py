@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from kernels import GRANULARITIES, ROLES
+
 SCALES = ("cpu", "paper")
 EXPERIMENTS = ("table1", "table2", "table3", "figure1", "dial")
 DEFAULT_SEEDS = {"cpu": (0, 1, 2), "paper": (0, 1, 2, 3)}
@@ -58,9 +60,7 @@ TABLE2_INITS = (
 TABLE3_DTYPES = ("fp32", "fp16", "bf16", "tf32")
 TABLE3_DROPOUT = {"cpu": (0.0, 0.01), "paper": (0.0, 0.01, 0.1)}
 DIAL_SPLITS = (1, 2, 4, 8, 32)
-DIAL_GRANULARITIES = ("call", "tile", "element")
 DIAL_ACCUMULATES = ("fp32", "bf16", "fp16")
-DIAL_ROLES = ("forward", "input_grad", "weight_grad")
 NOISY = {"reduction": "splitk", "splits": 8, "granularity": "element"}
 
 
@@ -194,12 +194,12 @@ def _dial(scale: str) -> list[_Config]:
     configs.append(reference)
     configs += [_Config(f"granularity {granularity}", "granularity", granularity,
                         {**base, **NOISY, "granularity": granularity})
-                for granularity in DIAL_GRANULARITIES if granularity != NOISY["granularity"]]
+                for granularity in GRANULARITIES if granularity != NOISY["granularity"]]
     configs += [_Config(f"accumulate {accumulate}", "accumulate", accumulate,
                         {**base, **NOISY, "accumulate": accumulate})
                 for accumulate in DIAL_ACCUMULATES if accumulate != "fp32"]
     configs += [_Config(f"noise in {role} only", "role", role, {**base, **NOISY, "reduction": "fixed", role: "splitk"})
-                for role in DIAL_ROLES]
+                for role in ROLES]
     return configs
 
 

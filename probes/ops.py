@@ -1,4 +1,4 @@
-"""Seeded workloads the probes run: one GEMM-like op on given shapes, or a few training steps.
+"""Seeded single-op workloads the probes run: one reduction of a layer on given shapes.
 
 Ops (each one reduction of a layer, run through the public kernels API):
 
@@ -9,17 +9,18 @@ Ops (each one reduction of a layer, run through the public kernels API):
 
 Inputs are drawn from a seeded generator in float32 and then cast to the requested dtype, so a
 workload is the same on every machine; the float64 reference computes the exact math on those
-inputs with torch's own ops. Training runs use random images and labels drawn per step from
-(seed, step), the paper's SGD recipe, and a fresh call counter, so a run is replayable.
+inputs with torch's own ops.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+import kernels
+from kernels import geometry
 
 OPS = ("matmul", "conv_forward", "conv_dgrad", "conv_wgrad")
 ROLE_OF_OP = {"matmul": "forward", "conv_forward": "forward", "conv_dgrad": "input_grad", "conv_wgrad": "weight_grad"}
@@ -61,7 +62,7 @@ class ConvShape:
 
     @property
     def out_size(self) -> int:
-        return (self.size + 2 * self.padding - self.kernel) // self.stride + 1
+        return geometry.conv_output_size(self.size, self.kernel, self.stride, self.padding)
 
     def __str__(self) -> str:
         return f"{self.batch}x{self.c_in}x{self.c_out}x{self.size}k{self.kernel}s{self.stride}p{self.padding}"
@@ -81,7 +82,8 @@ def parse_shape(op: str, text: str):
         return MatmulShape(*map(int, match.groups()))
     match = _CONV_PATTERN.match(text)
     if not match:
-        raise ValueError(f"shape={text!r} is not allowed for {op}; write NxCINxCOUTxSIZE[kK][sS][pP], e.g. 8x16x32x16k3s2p1")
+        raise ValueError(f"shape={text!r} is not allowed for {op}; "
+                         "write NxCINxCOUTxSIZE[kK][sS][pP], e.g. 8x16x32x16k3s2p1")
     batch, c_in, c_out, size, kernel, stride, padding = match.groups()
     return ConvShape(int(batch), int(c_in), int(c_out), int(size), int(kernel or 3), int(stride or 1),
                      int(1 if padding is None else padding))
@@ -95,10 +97,11 @@ def reduction_length(op: str, shape) -> int:
     """K of the op's reduction (splits may not exceed it)."""
     check_op(op)
     if op == "matmul":
-        return shape.k
-    taps = shape.kernel * shape.kernel
-    return {"conv_forward": shape.c_in * taps, "conv_dgrad": shape.c_out * taps,
-            "conv_wgrad": shape.batch * shape.out_size ** 2}[op]
+        lengths = geometry.linear_reduction_lengths(shape.k, shape.n, shape.m)
+    else:
+        lengths = geometry.conv_reduction_lengths(shape.c_in, shape.c_out, shape.kernel, shape.kernel, shape.batch,
+                                                  shape.out_size, shape.out_size)
+    return lengths[ROLE_OF_OP[op]]
 
 
 def make_inputs(op: str, shape, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu") -> dict:
@@ -133,8 +136,6 @@ def _conv_roles(op: str, inputs: dict, shape, conv):
 
 def run_op(op: str, shape, inputs: dict, reduction, backend: str = "auto") -> torch.Tensor:
     """The op's output with `reduction` in its role (the other roles fixed fp32)."""
-    import kernels
-
     check_op(op)
     policy = kernels.Policy(**{ROLE_OF_OP[op]: reduction})
     if op == "matmul":
@@ -151,85 +152,3 @@ def reference_op(op: str, shape, inputs: dict) -> torch.Tensor:
     if op == "matmul":
         return inputs64["a"] @ inputs64["b"]
     return _conv_roles(op, inputs64, shape, lambda x, w: F.conv2d(x, w, stride=shape.stride, padding=shape.padding))
-
-
-@dataclass(frozen=True)
-class TrainingSetup:
-    """A short, seeded training run of a network from nets.build (random images and labels)."""
-
-    net: str = "constnet"
-    net_options: tuple = (("depth", 7), ("widen", 1), ("init", "zero"))
-    batch: int = 8
-    image_size: int = 8
-    in_channels: int = 3
-    num_classes: int = 10
-    steps: int = 3
-    seed: int = 0
-    lr: float = 0.03
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-
-    def to_dict(self) -> dict:
-        record = asdict(self)
-        record["net_options"] = dict(self.net_options)
-        return record
-
-
-def build_model(setup: TrainingSetup, policy, backend: str = "auto", device="cpu") -> nn.Module:
-    """The network, initialised from `setup.seed` without touching the global RNG, then patched."""
-    import kernels
-    import nets
-
-    if setup.net.lower() == "mlp":  # the MLP sees flattened images
-        inputs = {"in_features": setup.in_channels * setup.image_size ** 2}
-    else:
-        inputs = {"in_channels": setup.in_channels}
-    options = {**inputs, "num_classes": setup.num_classes, **dict(setup.net_options)}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(setup.seed)
-        model = nets.build(setup.net, **options)
-    model.to(device)
-    if backend != "native":
-        kernels.patch(model, policy, backend=backend)
-    return model
-
-
-def training_batch(setup: TrainingSetup, step: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Random images and labels of one step, a function of (seed, step) only."""
-    generator = torch.Generator().manual_seed(setup.seed * 1_000_003 + step)
-    images = torch.randn(setup.batch, setup.in_channels, setup.image_size, setup.image_size, generator=generator)
-    labels = torch.randint(0, setup.num_classes, (setup.batch,), generator=generator)
-    return images.to(device), labels.to(device)
-
-
-def make_optimizer(setup: TrainingSetup, model: nn.Module) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=setup.lr, momentum=setup.momentum, weight_decay=setup.weight_decay)
-
-
-def snapshot(model: nn.Module) -> dict:
-    """A CPU copy of the model's state_dict."""
-    return {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
-
-
-def train(setup: TrainingSetup, policy, backend: str = "auto", device="cpu") -> dict:
-    """Run `setup.steps` SGD steps; returns the loss and state after every step.
-
-    {"losses": [float per step], "states": [state_dict after each step]}. A fresh call counter
-    numbers the splitk calls from 0, so two runs with one seed replay the same orders.
-    """
-    import kernels
-
-    model = build_model(setup, policy, backend, device)
-    optimizer = make_optimizer(setup, model)
-    losses, states = [], []
-    with kernels.counting(kernels.CallCounter()):
-        for step in range(setup.steps):
-            images, labels = training_batch(setup, step, device)
-            optimizer.zero_grad()
-            loss = F.cross_entropy(model(images), labels)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            states.append(snapshot(model))
-    return {"losses": losses, "states": states}
-

@@ -21,14 +21,13 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nets.training.symmetry import summarised_forward
+from ..training.rundir import CONFIG, SUMMARY, SYMMETRY
+from ..training.report import format_correlation
+from ..training.symmetry import summarised_forward
 
 MANIFEST = "experiment.json"
 RESULTS = "results.json"
 TABLE = "results.md"
-CONFIG = "config.json"
-SUMMARY = "summary.json"
-SYMMETRY = "symmetry.jsonl"
 ONSET_BELOW = 1.0 - 1e-3
 # Options that differ between the seeds of one configuration, or that do not change its result.
 PER_RUN_OPTIONS = ("seed", "noise_seed", "data_dir", "device", "log_every", "eval_batch_size")
@@ -229,17 +228,6 @@ def summarize(groups: list[Group], manifests: list[tuple[Path, dict]] = ()) -> d
     """The content of results.json."""
     described = [{key: value for key, value in manifest.items() if key != "runs"} for _, manifest in manifests]
     return {"experiments": described, "groups": [summarize_group(group) for group in groups]}
-
-
-def format_correlation(value: float | None) -> str:
-    """C_f so that its distance from 1 stays visible: 1 exactly, 1 - 3.2e-07, or 0.8123."""
-    if value is None:
-        return "-"
-    if value == 1.0:
-        return "1 (exact)"
-    if value > 0.999:
-        return f"1 - {1.0 - value:.1e}"
-    return f"{value:.4f}"
 
 
 def format_cell(metric: Metric, stats: dict) -> str:

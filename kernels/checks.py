@@ -1,0 +1,72 @@
+"""Checks shared by the ops: operand types, and whether a policy's roles can run a given call.
+
+Every op checks its policy here, up front, for the roles the call will run (the gradient roles
+only when grad is enabled and their operand requires it), so a bad `splits` fails at the
+forward call, before any work, naming the role.
+"""
+from __future__ import annotations
+
+import torch
+
+from .formats import FLOAT_INPUT_DTYPES
+from .reduction import KERNEL_PRECISIONS, ROLES, Policy, Reduction
+
+TRITON_MAX_SPLITS = 65535  # the Triton kernels put chunks on grid axis 1, which CUDA caps at 65535
+
+
+def check_float_tensor(name: str, x) -> None:
+    """x must be a tensor of one of the floating dtypes the kernels read."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_INPUT_DTYPES:
+        allowed = ", ".join(str(d).replace("torch.", "") for d in FLOAT_INPUT_DTYPES)
+        raise TypeError(f"{name} has dtype {str(x.dtype).replace('torch.', '')}; allowed: {allowed}")
+
+
+def check_reduction_on_backend(reduction: Reduction, backend: str, role: str) -> None:
+    """Reject Reductions a resolved backend cannot honour, naming the role."""
+    if backend not in ("triton", "interpret"):
+        return
+    if reduction.precision not in KERNEL_PRECISIONS:
+        raise ValueError(
+            f"{role}: precision={reduction.precision!r} is a reference path of the emulate backend; "
+            f"backend={backend!r} allows precision {', '.join(map(repr, KERNEL_PRECISIONS))}"
+        )
+    if reduction.splits > TRITON_MAX_SPLITS:
+        raise ValueError(
+            f"{role}: splits={reduction.splits} is more than backend={backend!r} allows "
+            f"({TRITON_MAX_SPLITS}, the CUDA grid limit)"
+        )
+
+
+def check_splits(reduction: Reduction, length: int, role: str) -> None:
+    """splits must not exceed the reduction length K; an empty reduction (K = 0) takes any."""
+    if length > 0 and reduction.splits > length:
+        raise ValueError(
+            f"{role}: splits={reduction.splits} exceeds the reduction length K={length}; "
+            f"choose splits between 1 and {length}"
+        )
+
+
+def roles_to_run(input_needs_grad: bool, weight_needs_grad: bool) -> tuple[str, ...]:
+    """The roles a call runs: the forward always, a gradient role when grad mode will record it."""
+    grad = torch.is_grad_enabled()
+    runs = {"forward": True, "input_grad": grad and input_needs_grad, "weight_grad": grad and weight_needs_grad}
+    return tuple(role for role in ROLES if runs[role])
+
+
+def check_policy(policy: Policy, backend: str, lengths: dict, roles) -> None:
+    """Reject, before any work, the roles of a call that `policy` cannot run on `backend`."""
+    for role in roles:
+        reduction = getattr(policy, role)
+        check_reduction_on_backend(reduction, backend, role)
+        check_splits(reduction, lengths[role], role)
+
+
+def refuse_double_backward(op: str) -> None:
+    """Backward passes run under the policy once; differentiating them again is refused."""
+    if torch.is_grad_enabled():
+        raise NotImplementedError(
+            f"{op}: double backward (create_graph=True) is not supported, as each backward GEMM "
+            "follows the policy once; use backend='native' for higher-order gradients"
+        )

@@ -1,0 +1,251 @@
+"""`kernels.policy_mode`: every matmul and convolution torch runs, under a reduction policy.
+
+    with kernels.policy_mode(policy) as mode:      # a Reduction, a Policy or None
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+    print(mode.report.table())
+
+The mode is a TorchDispatchMode: it sees aten ops below autograd, after torch has decomposed
+F.linear, torch.matmul, einsum, nn.MultiheadAttention and scaled_dot_product_attention (kept
+on its math path inside the mode) into aten mm / addmm / bmm / baddbmm and F.conv2d into
+aten convolution, and it sees the GEMMs and aten convolution_backward that autograd's backward
+formulas run. Each one runs on a kernels backend under the Reduction of its role:
+
+    forward      the op itself, outside a backward pass
+    input_grad   the gradient of its first operand, grad @ second^T (of a convolution's input)
+    weight_grad  the gradient of its second operand, first^T @ grad (of a convolution's weight)
+
+in the orientation kernels.matmul and kernels.conv2d use (kernels.dispatch_roles), so a model
+under the mode computes the GEMMs of the same model under kernels.patch, on the same operands,
+with call numbers taken in the order autograd runs them. A bmm is one GEMM per batch entry.
+Splits above a reduction's length are capped at it, call by call, and reported.
+
+What falls through to torch, counted in `mode.report`: other GEMM-like ops (mv, dot, fused
+attention and RNN kernels, ...), out= variants, conv configurations kernels.conv2d cannot run
+(not 2-D, groups, dilation, transposed, even kernels), dtypes the kernels do not read, GEMMs
+in backward nodes whose role is unknown, and double backward. Ops that the kernels package
+runs itself (a patched layer, a direct kernels.matmul call) pass through uncounted: they follow
+their own policy. Run the backward inside the mode, or its GEMMs run natively unseen.
+"""
+from __future__ import annotations
+
+import sys
+from contextlib import ExitStack
+from dataclasses import replace
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .backends import check_backend_name, resolve_backend
+from .checks import check_reduction_on_backend
+from .conv import _role_backend
+from .dispatch_report import DispatchReport
+from .dispatch_roles import backward_gemm_role
+from .formats import FLOAT_INPUT_DTYPES
+from .gemm import run_gemm
+from .reduction import as_policy
+
+aten = torch.ops.aten
+# GEMM-like ops the mode leaves to torch, counted so that the report's share stays honest.
+UNROUTED = frozenset(getattr(aten, name) for name in (
+    "mv", "dot", "vdot", "addmv", "addbmm", "_trilinear", "_cdist_forward", "_cdist_backward",
+    "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention_for_cpu_backward",
+    "_scaled_dot_product_flash_attention", "_scaled_dot_product_flash_attention_backward",
+    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_efficient_attention_backward",
+    "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_cudnn_attention_backward",
+    "_flash_attention_forward", "_efficient_attention_forward", "_transformer_encoder_layer_fwd",
+    "_native_multi_head_attention", "_addmm_activation", "_int_mm", "_scaled_mm", "mkldnn_linear",
+    "_convolution", "cudnn_convolution", "cudnn_convolution_transpose", "mkldnn_convolution",
+    "_cudnn_rnn", "mkldnn_rnn_layer", "miopen_rnn", "conv_tbc", "_slow_conv2d_forward",
+    "slow_conv3d_forward", "_conv_depthwise2d",
+    "mm", "addmm", "bmm", "baddbmm", "convolution", "convolution_backward",  # their other overloads
+))
+FALL_THROUGH = object()  # a route's answer when torch should run the op itself
+
+
+def _called_by_kernels() -> bool:
+    """True when the op was called by code of this package (a patched layer, kernels.matmul, ...)."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module != "torch" and not module.startswith("torch."):
+            return module.partition(".")[0] == __package__
+        frame = frame.f_back
+    return False
+
+
+def _conv_refusal(x, w, stride, dilation, transposed, groups) -> str | None:
+    """Why kernels.conv2d cannot run this aten convolution, or None if it can."""
+    if x.dim() != 4:
+        return f"{x.dim() - 2}-D convolution (kernels run 2-D)"
+    if transposed:
+        return "transposed convolution"
+    if groups != 1:
+        return f"groups={groups}"
+    if any(d != 1 for d in dilation):
+        return f"dilation={tuple(dilation)}"
+    if any(k % 2 == 0 for k in w.shape[2:]):
+        return f"even kernel {tuple(w.shape[2:])}"
+    if x.shape[1] != w.shape[1]:
+        return "channel mismatch"
+    return _operand_refusal(x, w)
+
+
+def _operand_refusal(*operands) -> str | None:
+    """Why the kernels cannot take these operands (dtype, devices), or None if they can."""
+    dtypes = {t.dtype for t in operands}
+    if len(dtypes) != 1 or not dtypes <= set(FLOAT_INPUT_DTYPES):
+        return "dtype " + "/".join(sorted(str(d).replace("torch.", "") for d in dtypes))
+    if len({t.device for t in operands}) != 1:
+        return "operands on several devices"
+    return None
+
+
+class PolicyMode(TorchDispatchMode):
+    """The dispatch mode behind `policy_mode`; `report` counts what it controlled."""
+
+    def __init__(self, policy=None, backend: str = "auto"):
+        super().__init__()
+        self.policy = as_policy(policy)
+        if check_backend_name(backend) == "native":
+            raise ValueError("backend='native' runs torch's own kernels: run the model without policy_mode")
+        self.backend = backend
+        self.report = DispatchReport(self.policy.describe())
+        self._stack = ExitStack()
+        self._routes = {aten.mm.default: self._gemm, aten.addmm.default: self._gemm,
+                        aten.bmm.default: self._gemm, aten.baddbmm.default: self._gemm,
+                        aten.convolution.default: self._conv, aten.convolution_backward.default: self._conv_backward}
+
+    def __enter__(self):
+        # Attention decomposes into bmm only on its math path; the fused encoder fast path never does.
+        self._stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        self._stack.callback(torch.backends.mha.set_fastpath_enabled, fastpath)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            self._stack.close()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        route = self._routes.get(func)
+        if (route is not None or func.overloadpacket in UNROUTED) and not _called_by_kernels():
+            node = torch._C._current_autograd_node()
+            if route is None:
+                self._native(func, node, "op not routed")
+            elif node is not None and torch.is_grad_enabled():
+                self._native(func, node, "double backward")
+            else:
+                out = route(func, node, *args, **kwargs)
+                if out is not FALL_THROUGH:
+                    return out
+        return func(*args, **kwargs)
+
+    # -- accounting --------------------------------------------------------------------------
+    def _native(self, func, node, reason: str) -> None:
+        role = "forward" if node is None else f"in {node.name()}"
+        self.report.count(func.name().removeprefix("aten::"), role, reason)
+
+    def _reduction(self, op: str, role: str, length: int):
+        """The role's Reduction, its splits capped at the reduction length."""
+        reduction = getattr(self.policy, role)
+        if 0 < length < reduction.splits:
+            reduction = replace(reduction, splits=length)
+            self.report.cap(op, role, length)
+        return reduction
+
+    def _backend(self, reduction, role: str, device) -> str:
+        backend = resolve_backend(self.backend, device)
+        check_reduction_on_backend(reduction, backend, role)
+        return backend
+
+    # -- GEMMs -------------------------------------------------------------------------------
+    def _gemm(self, func, node, *args, beta=1, alpha=1):
+        added, (a, b) = (args[0], args[1:]) if len(args) == 3 else (None, args)
+        if node is None:
+            op, role, transposed = func.overloadpacket.__name__, "forward", False
+        else:
+            found = backward_gemm_role(node, a, b)
+            if found is None:
+                self._native(func, node, "role unknown")
+                return FALL_THROUGH
+            op, role, transposed = found
+        refusal = _operand_refusal(a, b)
+        if refusal is None and (a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]):
+            refusal = "shape mismatch"
+        if refusal is not None:
+            self.report.count(op, role, refusal)
+            return FALL_THROUGH
+        out = self._product(op, role, b.mT, a.mT).mT if transposed else self._product(op, role, a, b)
+        if alpha != 1:
+            out = out * alpha
+        if added is None or beta == 0:
+            return out
+        return out + (added if beta == 1 else added * beta)
+
+    def _product(self, op: str, role: str, a, b):
+        """a @ b (2-D, or one GEMM per batch entry) under the role's Reduction."""
+        reduction = self._reduction(op, role, a.shape[-1])
+        backend = self._backend(reduction, role, a.device)
+        self.report.count(op, role)
+        if a.dim() == 2:
+            return run_gemm(a, b, reduction, backend, a.dtype)
+        out = a.new_empty(a.shape[0], a.shape[1], b.shape[2])
+        for i in range(a.shape[0]):
+            out[i] = run_gemm(a[i], b[i], reduction, backend, a.dtype)
+        return out
+
+    # -- convolutions ------------------------------------------------------------------------
+    def _conv(self, func, node, x, w, bias, stride, padding, dilation, transposed, output_padding, groups):
+        refusal = _conv_refusal(x, w, stride, dilation, transposed, groups)
+        if refusal is not None:
+            self.report.count("convolution", "forward", refusal)
+            return FALL_THROUGH
+        cout, cin, kh, kw = w.shape
+        reduction = self._reduction("convolution", "forward", cin * kh * kw)
+        backend = self._backend(reduction, "forward", x.device)
+        self.report.count("convolution", "forward")
+        out = _role_backend(backend).forward(x, w, tuple(stride), tuple(padding), reduction, x.dtype)
+        return out if bias is None else out + bias.view(1, -1, 1, 1)
+
+    def _conv_backward(self, func, node, grad, x, w, bias_sizes, stride, padding, dilation, transposed,
+                       output_padding, groups, output_mask):
+        refusal = _conv_refusal(x, w, stride, dilation, transposed, groups)
+        if refusal is not None:
+            for role, wanted in zip(("input_grad", "weight_grad"), output_mask):
+                if wanted:
+                    self.report.count("convolution", role, refusal)
+            return FALL_THROUGH
+        stride, padding = tuple(stride), tuple(padding)
+        cout, cin, kh, kw = w.shape
+        lengths = {"input_grad": cout * kh * kw, "weight_grad": grad.shape[0] * grad.shape[2] * grad.shape[3]}
+        grads = []
+        for role, wanted in zip(("input_grad", "weight_grad"), output_mask):
+            if not wanted:
+                grads.append(None)
+                continue
+            reduction = self._reduction("convolution", role, lengths[role])
+            roles = _role_backend(self._backend(reduction, role, x.device))
+            self.report.count("convolution", role)
+            if role == "input_grad":
+                grads.append(roles.input_grad(grad, w, tuple(x.shape[2:]), stride, padding, reduction, x.dtype))
+            else:
+                grads.append(roles.weight_grad(x, grad, (kh, kw), stride, padding, reduction, w.dtype))
+        grads.append(grad.sum((0, 2, 3)) if output_mask[2] else None)
+        return tuple(grads)
+
+
+def policy_mode(policy=None, *, backend: str = "auto") -> PolicyMode:
+    """A context manager running every aten matmul and convolution under `policy`.
+
+    `policy` is a Policy (one Reduction per role), a Reduction (every role) or None (fixed
+    fp32); `backend` is "auto" (triton on CUDA, emulate on CPU), "triton", "interpret" or
+    "emulate". `with policy_mode(p) as mode:` ... `mode.report` (a DispatchReport) says what
+    it controlled, by op and role.
+    """
+    return PolicyMode(policy, backend)

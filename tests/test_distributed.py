@@ -1,0 +1,131 @@
+"""Data-parallel training under torchrun (gloo on CPU): R ranks against R micro-batches, resume, refusals."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_run_support import RUN_SCRIPT, TINY_ARGS, checkpoint, invoke, jsonl, without_times
+
+# Ranks run with one thread each (torchrun's default); the one-process replay must use as many.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+FIXED = ["--reduction", "fixed", "--allreduce", "fixed"]
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def torchrun(ranks: int, args: list, **popen) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
+               str(RUN_SCRIPT), *TINY_ARGS, *args]
+    return subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600, **popen)
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Weights, optimizer state, metrics and symmetry records bitwise equal (wall-clock fields aside)."""
+    saved_a, saved_b = checkpoint(a), checkpoint(b)
+    differ = [name for name, value in saved_a["model"].items() if not torch.equal(value, saved_b["model"][name])]
+    assert not differ, f"weights or buffers differ: {differ}"
+    momenta_a = [s["momentum_buffer"] for s in saved_a["optimizer"]["state"].values()]
+    momenta_b = [s["momentum_buffer"] for s in saved_b["optimizer"]["state"].values()]
+    assert all(torch.equal(x, y) for x, y in zip(momenta_a, momenta_b, strict=True)), "momentum buffers differ"
+    for name in ("metrics.jsonl", "symmetry.jsonl"):
+        assert without_times(jsonl(a / name)) == without_times(jsonl(b / name)), f"{name} differs"
+
+
+@pytest.mark.slow
+def test_two_ranks_resume_and_match_two_micro_batches(tmp_path, one_thread):
+    """splitk kernels and splitk all-reduce: 2 ranks, stopped and resumed, equal 2 micro-batches in one go."""
+    noisy = ["--reduction", "splitk", "--allreduce", "splitk", "--noise-seed", "7", "--init", "he"]
+    ranks, micro = tmp_path / "ranks", tmp_path / "micro"
+    first = torchrun(2, [*noisy, "--steps", "3", "--out", str(ranks)])
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = torchrun(2, ["--resume", "--steps", "6", "--out", str(ranks)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert invoke([*TINY_ARGS, *noisy, "--micro-batches", "2", "--steps", "6", "--out", str(micro)]).exit_code == 0
+    assert_same_run(ranks, micro)
+    config, env = (json.loads((ranks / name).read_text()) for name in ("config.json", "env.json"))
+    assert config["derived"]["world_size"] == 2 and config["options"]["allreduce"] == "splitk"
+    assert [rank["rank"] for rank in env["ranks"]] == [0, 1]
+    assert all(rank["device_record"]["host"]["cpu_count"] for rank in env["ranks"])
+    assert sorted(p.name for p in ranks.iterdir()) == ["checkpoint.pt", "config.json", "env.json", "metrics.jsonl",
+                                                      "plots", "summary.json", "symmetry.jsonl"]
+    refused = invoke(["--resume", "--out", str(ranks)])
+    assert refused.exit_code == 1
+    assert "was trained on 2 rank(s) and this launch has 1; resume it with torchrun --nproc_per_node=2" \
+        in refused.output
+
+
+@pytest.mark.slow
+def test_four_ranks_match_four_micro_batches(tmp_path, one_thread):
+    ranks, micro = tmp_path / "ranks", tmp_path / "micro"
+    done = torchrun(4, [*FIXED, "--init", "he", "--steps", "2", "--out", str(ranks)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert invoke([*TINY_ARGS, *FIXED, "--init", "he", "--micro-batches", "4", "--steps", "2",
+                   "--out", str(micro)]).exit_code == 0
+    assert_same_run(ranks, micro)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--micro-batches", "2"], "--micro-batches needs --allreduce fixed or splitk"),
+    ([*FIXED, "--micro-batches", "3"], "--batch-size=256 does not split into 3 equal shards"),
+    ([*FIXED, "--micro-batches", "2", "--sync-bn"], "--sync-bn needs CUDA ranks under torchrun"),
+    (["--allreduce", "ring"], "'ring' is not one of 'native', 'fixed', 'splitk'"),
+    (["--micro-batches", "0"], "--micro-batches=0 is not allowed; it must be >= 1"),
+])
+def test_data_parallel_options_are_checked_before_training(tmp_path, args, message):
+    result = invoke([*TINY_ARGS, "--steps", "1", "--out", str(tmp_path / "run"), *args])
+    assert result.exit_code != 0 and message in result.output, result.output
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ranks_started_differently_are_refused(tmp_path):
+    """Two ranks started by hand with different --lr: both refuse before training."""
+    common = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
+    ranks = [subprocess.Popen([sys.executable, str(RUN_SCRIPT), *TINY_ARGS, "--steps", "1", "--lr", lr,
+                               "--out", str(tmp_path / "run")], env={**ENV, **common, "RANK": rank, "LOCAL_RANK": rank},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for rank, lr in (("0", "0.05"), ("1", "0.1"))]
+    outputs = [rank.communicate(timeout=300)[0] for rank in ranks]
+    for rank, output in zip(ranks, outputs):
+        assert rank.returncode == 1, output
+        assert "every rank must run the same command" in output, output
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_dying_rank_takes_the_run_down_and_leaves_the_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(RUN_SCRIPT),
+               *TINY_ARGS, *FIXED, "--steps", "500", "--out", str(out)]
+    launch = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    while not (out / "checkpoint.pt").exists():
+        assert launch.poll() is None, launch.communicate()[0][-3000:]
+        time.sleep(0.1)
+    workers = subprocess.run(["pgrep", "-P", str(launch.pid)], capture_output=True, text=True).stdout.split()
+    rank_one = [pid for pid in workers if b"RANK=1" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")]
+    os.kill(int(rank_one[0]), signal.SIGKILL)
+    output = launch.communicate(timeout=300)[0]
+    assert launch.returncode != 0
+    # rank 0 says why it stopped, unless torchrun's SIGTERM reaches it first; torchrun names the killed rank
+    assert "the run stopped" in output or "Signal 9 (SIGKILL)" in output, output
+    saved = checkpoint(out)
+    assert saved["state"]["step"] % 5 == 0 and saved["state"]["step"] > 0, "the checkpoint is an epoch end's"
