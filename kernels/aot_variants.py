@@ -32,7 +32,7 @@ from .triton_launch import Launch, recording
 GEMM_SIZE = 4096
 SPLITS = 8
 KEY = 0x12345678  # any splitk call key: the key is not specialized on
-INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # float64 is read as float32
 POINTER_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
                  torch.int32: "i32"}
 NATURAL_INPUT = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

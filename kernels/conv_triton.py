@@ -35,6 +35,7 @@ from .triton_launch import (
     INTERPRETER_CONFIG,
     Launch,
     LaunchConfig,
+    as_kernel_input,
     check_index_range,
     chunk_range,
     dot_operand,
@@ -221,10 +222,11 @@ def conv_config(precision: str, m: int, n: int, splits: int) -> LaunchConfig:
 
     32-bit operands hold twice the registers of 16-bit ones, so tf32 starts at 64x128 and fp32
     (FMA, no tensor cores) at 64x64 spread over 8 warps: the largest tiles that compile without
-    spilling on sm_80 and sm_90 (python -m kernels.aot; fp32 on 4 warps spills its atomic store).
+    spilling on sm_80 and sm_90 (python -m kernels.aot; fp32 64x64 on 4 warps spills its atomic
+    store, fp32 64x32 on 8 warps its address arithmetic).
     """
     block_m, block_n = pick_tile(TILES[LARGEST_TILE[precision]:], m, n, splits)
-    warps = 8 if block_m * block_n >= 64 * 128 or precision == "fp32" else 4
+    warps = 8 if block_m * block_n >= 64 * 128 or (precision == "fp32" and block_m * block_n >= 64 * 64) else 4
     return LaunchConfig(block_m, block_n, BLOCK_K, warps)
 
 
@@ -272,6 +274,7 @@ def launch(role: str, problem: ConvProblem, operands: dict, reduction: Reduction
     result_shape = problem.result_shape(role)
     if min(m, n, k) == 0:
         return torch.zeros(result_shape, dtype=out_dtype, device=first.device)
+    operands = {name: as_kernel_input(tensor) for name, tensor in operands.items()}
     for name, tensor in operands.items():
         check_index_range(name, tensor)
     kind = target_kind(reduction)

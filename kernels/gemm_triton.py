@@ -22,6 +22,7 @@ from .triton_launch import (
     INTERPRETER_CONFIG,
     Launch,
     LaunchConfig,
+    as_kernel_input,
     check_index_range,
     chunk_range,
     dot_operand,
@@ -145,6 +146,7 @@ def gemm(a: torch.Tensor, b: torch.Tensor, reduction: Reduction, key: int, out_d
     n = b.shape[1]
     if m == 0 or n == 0 or k == 0:
         return torch.zeros(m, n, dtype=out_dtype, device=a.device)
+    a, b = as_kernel_input(a), as_kernel_input(b)
     check_index_range("a", a)
     check_index_range("b", b)
     kind = target_kind(reduction)

@@ -25,7 +25,7 @@ from .reduction import Reduction
 from .triton_launch import INDEX_LIMIT, INTERPRETED, Launch, cast_rounded, round_to_format
 
 ORDERED_SUM_BLOCK = 1024
-ORDERED_SUM_WARPS = 4
+ORDERED_SUM_WARPS = 8  # 4 elements a thread (8 a thread spill an fp64 output on sm_80)
 _ORDER_TILE = tl.constexpr(ORDER_TILE)
 _PERMUTATIONS = tl.constexpr(PERMUTATIONS)
 _MASK32 = tl.constexpr(MASK32)

@@ -11,6 +11,7 @@ Format codes (constexpr strings): "fp32", "tf32", "fp16", "bf16".
 Host API
     jit_is_interpreted() -> bool   True when triton.jit now makes InterpretedFunctions
     INTERPRETED: tl.constexpr      jit_is_interpreted() at import; kernels branch on it
+    as_kernel_input(tensor)        float64 operands as float32 (the only rounding path anyway)
     check_index_range(name, tensor) ValueError for tensors spanning 2**31 elements or more
     LaunchConfig, INTERPRETER_CONFIG, pick_tile(tiles, m, n, splits), pipeline_stages(...)
     Launch(kernel, grid, args, constexprs, num_warps, num_stages).run()
@@ -177,6 +178,13 @@ def store_partial(acc, ptrs, mask, TARGET: tl.constexpr, ACCUMULATE: tl.constexp
 
 
 # ----------------------------------------------------------------------------- host side
+
+
+def as_kernel_input(tensor: torch.Tensor) -> torch.Tensor:
+    """float64 operands as float32: every operand is rounded through fp32 before its precision
+    (kernels.formats.round_operand), so reading them as fp32 changes no result and keeps the
+    kernels' registers and shared memory those of 4-byte inputs."""
+    return tensor.float() if tensor.dtype == torch.float64 else tensor
 
 
 def check_index_range(name: str, tensor: torch.Tensor) -> None:

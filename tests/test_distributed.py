@@ -13,23 +13,20 @@ import torch
 
 from test_run_support import RUN_SCRIPT, TINY_ARGS, checkpoint, invoke, jsonl, without_times
 
-# Ranks run with one thread each (torchrun's default); the one-process replay must use as many.
+# Ranks run with one thread each (torchrun's default). The one-process replay runs in a process
+# started the same way: even torch.set_num_threads(1) in a process started with OMP_NUM_THREADS=1
+# changes the last bit of a few emulated splitk sums.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 FIXED = ["--reduction", "fixed", "--allreduce", "fixed"]
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def torchrun(ranks: int, args: list, **popen) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
-               str(RUN_SCRIPT), *TINY_ARGS, *args]
-    return subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600, **popen)
+def launch(args: list, ranks: int | None = None) -> subprocess.CompletedProcess:
+    """tools/run.py with the tiny options: under torchrun with `ranks` ranks, else in one process."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"] if ranks else []
+    command = [sys.executable, *launcher, str(RUN_SCRIPT), *TINY_ARGS, *args]
+    done = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done
 
 
 def assert_same_run(a: Path, b: Path) -> None:
@@ -45,15 +42,14 @@ def assert_same_run(a: Path, b: Path) -> None:
 
 
 @pytest.mark.slow
-def test_two_ranks_resume_and_match_two_micro_batches(tmp_path, one_thread):
-    """splitk kernels and splitk all-reduce: 2 ranks, stopped and resumed, equal 2 micro-batches in one go."""
+def test_two_ranks_resume_and_match_two_micro_batches(tmp_path):
+    """splitk kernels and splitk all-reduce: 2 ranks equal 2 micro-batches, both stopped and resumed."""
     noisy = ["--reduction", "splitk", "--allreduce", "splitk", "--noise-seed", "7", "--init", "he"]
     ranks, micro = tmp_path / "ranks", tmp_path / "micro"
-    first = torchrun(2, [*noisy, "--steps", "3", "--out", str(ranks)])
-    assert first.returncode == 0, first.stderr[-3000:]
-    resumed = torchrun(2, ["--resume", "--steps", "6", "--out", str(ranks)])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert invoke([*TINY_ARGS, *noisy, "--micro-batches", "2", "--steps", "6", "--out", str(micro)]).exit_code == 0
+    launch([*noisy, "--steps", "3", "--out", str(ranks)], ranks=2)
+    launch(["--resume", "--steps", "6", "--out", str(ranks)], ranks=2)
+    launch([*noisy, "--micro-batches", "2", "--steps", "3", "--out", str(micro)])
+    launch(["--resume", "--steps", "6", "--out", str(micro)])
     assert_same_run(ranks, micro)
     config, env = (json.loads((ranks / name).read_text()) for name in ("config.json", "env.json"))
     assert config["derived"]["world_size"] == 2 and config["options"]["allreduce"] == "splitk"
@@ -68,12 +64,10 @@ def test_two_ranks_resume_and_match_two_micro_batches(tmp_path, one_thread):
 
 
 @pytest.mark.slow
-def test_four_ranks_match_four_micro_batches(tmp_path, one_thread):
+def test_four_ranks_match_four_micro_batches(tmp_path):
     ranks, micro = tmp_path / "ranks", tmp_path / "micro"
-    done = torchrun(4, [*FIXED, "--init", "he", "--steps", "2", "--out", str(ranks)])
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert invoke([*TINY_ARGS, *FIXED, "--init", "he", "--micro-batches", "4", "--steps", "2",
-                   "--out", str(micro)]).exit_code == 0
+    launch([*FIXED, "--init", "he", "--steps", "2", "--out", str(ranks)], ranks=4)
+    launch([*FIXED, "--init", "he", "--micro-batches", "4", "--steps", "2", "--out", str(micro)])
     assert_same_run(ranks, micro)
 
 

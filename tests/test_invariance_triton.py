@@ -62,9 +62,17 @@ TILE = ("BLOCK_M", "BLOCK_N")
 def meta(*shape, dtype):
     return torch.empty(*shape, dtype=dtype, device="meta")
 
+COMPILED = {}
+
 def instructions(variant, arch):
-    # the matrix instructions' (family, K width), or FMA, of the compiled kernel
+    # the matrix instructions' (family, K width), or FMA, of the compiled kernel (once per specialization)
     signature, constexprs, attrs = specialize(variant)
+    key = repr((variant.kernel.__name__, signature, constexprs, attrs, variant.num_warps, variant.num_stages, arch))
+    if key not in COMPILED:
+        COMPILED[key] = compiled_instructions(variant, arch, signature, constexprs, attrs)
+    return COMPILED[key]
+
+def compiled_instructions(variant, arch, signature, constexprs, attrs):
     ptx = triton.compile(ASTSource(fn=variant.kernel, signature=signature, constexprs=constexprs, attrs=attrs),
                          target=GPUTarget("cuda", arch, WARP_SIZE),
                          options={"num_warps": variant.num_warps, "num_stages": variant.num_stages}).asm["ptx"]

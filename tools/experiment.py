@@ -23,8 +23,8 @@ if __name__ == "__main__" and not __package__:  # `python tools/NAME.py`: import
 
 import click
 
-from nets.experiments.aggregate import RESULTS, TABLE, markdown_table
 from nets.experiments.grids import EXPERIMENTS, SCALES, build_experiment
+from nets.experiments.report import report_text
 from nets.experiments.runner import run_experiment
 
 TOOLS = Path(__file__).resolve().parent
@@ -56,7 +56,7 @@ def parse_seeds(text: str | None):
 @click.option("--run-timeout", type=float, help="Seconds before a run is interrupted (it resumes next time).")
 @click.option("--dry-run", is_flag=True, help="Print the grid (one run.py command per run) and stop.")
 def main(name, scale, seeds, out, data_dir, jobs, run_timeout, dry_run) -> None:
-    """Run the experiment NAME (see the module docstring)."""
+    """Run the experiment NAME: its grid of training runs into --out (resumable), then its report."""
     if data_dir is None and scale == "cpu" and SHARED_MNIST.is_dir():
         data_dir = str(SHARED_MNIST)
     out = Path(out or f"results/{name}-{scale}")
@@ -71,8 +71,7 @@ def main(name, scale, seeds, out, data_dir, jobs, run_timeout, dry_run) -> None:
         results = run_experiment(experiment, out, RUN_PROGRAM, jobs, run_timeout, click.echo)
     except ValueError as error:
         raise click.ClickException(str(error)) from None
-    click.echo(markdown_table(results))
-    click.echo(f"wrote {out / RESULTS}, {out / TABLE} and {len(results['plots'])} plot(s)")
+    click.echo(report_text(results, out))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ from nets.gpucheck.parts import PART_NAMES, PARTS, run_part
 from nets.gpucheck.report import PARTS_DIR, read_rows, write_report
 from nets.gpucheck.variants import COMPILE_SECONDS, part_variants
 from nets.gpucheck.workloads import PLANS
-from probes.device import describe_device
 from tools.options import CommaList
 
 REPORT_RESERVE_S = 5  # kept back at the end for the last report
@@ -68,7 +67,7 @@ def _report(out: Path, run: dict, outcomes: dict) -> dict:
         parts.append({"name": part.name, "title": part.title, **outcome, "rows": read_rows(out, part.name),
                       "log_tail": _log_tail(out, part.name) if outcome["status"] not in ("ok", "not run") else ""})
     device_rows = parts[0]["rows"]
-    device = describe_device(device_rows[0]["device_record"]) if device_rows else "device not recorded"
+    device = device_rows[0]["value"] if device_rows else "device not recorded"
     return {"device": device, "run": run, "parts": parts}
 
 
@@ -126,7 +125,7 @@ def main(budget, out, dry_run, selected, plan, archs, part):
         if item.name not in selected:
             continue
         left = budget - (time.perf_counter() - start) - REPORT_RESERVE_S
-        timeout = min(item.cap_s, left)
+        timeout = min(item.cap_s, left) if PLANS[plan].capped else left
         if timeout < item.minimum_s:
             outcomes[item.name] = {"status": f"skipped ({left:.0f} s left, needs {item.minimum_s} s)",
                                    "seconds": 0, "timeout_s": 0}

@@ -18,8 +18,7 @@ if __name__ == "__main__" and not __package__:  # `python tools/NAME.py`: import
 
 import click
 
-from nets.experiments.aggregate import RESULTS, TABLE, markdown_table
-from nets.experiments.report import write_report
+from nets.experiments.report import report_text, write_report
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,7 +26,7 @@ from nets.experiments.report import write_report
 @click.option("--out", type=click.Path(file_okay=False),
               help="Where to write results.json, results.md and the plots [the PATH, when only one is given].")
 def main(paths, out) -> None:
-    """Aggregate run directories (see the module docstring)."""
+    """Aggregate run directories (or results directories of runs) into results.json, results.md and plots."""
     if out is None:
         if len(paths) != 1:
             raise click.UsageError("give --out when aggregating more than one PATH")
@@ -36,8 +35,7 @@ def main(paths, out) -> None:
         results = write_report(paths, Path(out))
     except ValueError as error:
         raise click.ClickException(str(error)) from None
-    click.echo(markdown_table(results))
-    click.echo(f"wrote {Path(out) / RESULTS}, {Path(out) / TABLE} and {len(results['plots'])} plot(s)")
+    click.echo(report_text(results, Path(out)))
 
 
 if __name__ == "__main__":

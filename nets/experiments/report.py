@@ -109,3 +109,8 @@ def write_report(paths, out: Path) -> dict:
     images = "\n".join(f"![{_axis_label(Path(name).stem)}]({name})" for name in plots)
     (out / TABLE).write_text(f"# {title}\n\n{markdown_table(results)}\n{images}\n")
     return results
+
+
+def report_text(results: dict, out: Path) -> str:
+    """The table, and what was written where, as the command lines print them."""
+    return f"{markdown_table(results)}\nwrote {out / RESULTS}, {out / TABLE} and {len(results['plots'])} plot(s)"

@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from probes.device import device_info
+from probes.device import describe_device, device_info, device_rows
 
 from ..suite import run_suite
 from ..training.config import build_config
@@ -54,8 +54,14 @@ def library_versions() -> dict:
 
 
 def device_part(sink, context: PartContext) -> None:
-    """The device record (NVML: name, UUID, driver, clocks, power) and the library versions."""
-    sink.add({"versions": library_versions(), "device_record": device_info()})
+    """The device record (NVML: name, UUID, driver, clocks, power) and the library versions, one
+    field a row; the first row names the machine."""
+    record = device_info()
+    sink.add({"field": "device", "value": describe_device(record)})
+    for name, version in library_versions().items():
+        sink.add({"field": f"version.{name}", "value": version})
+    for row in device_rows(record):
+        sink.add(row)
 
 
 _OUTCOME = r"(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)"
@@ -141,8 +147,9 @@ def symmetry_part(sink, context: PartContext) -> None:
             for name in ("config.json", "summary.json", "symmetry.jsonl", "metrics.jsonl"):
                 if (run_dir.path / name).exists():
                     shutil.copy(run_dir.path / name, keep / name)
+        broke = summary.get("symmetry_broke_step")
         sink.add({"run": label, "steps": plan.symmetry_steps, "batch": plan.batch,
-                  "symmetry_broke_step": summary.get("symmetry_broke_step"),
+                  "symmetry_broke_step": "did not break" if broke is None else broke,
                   "first_layer_broke_step": summary.get("first_layer_broke_step"),
                   "seconds": round(time.perf_counter() - start, 1)})
 

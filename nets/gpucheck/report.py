@@ -51,7 +51,7 @@ def read_rows(out_dir: Path, name: str) -> list[dict]:
 
 def _cell(value) -> str:
     if isinstance(value, float):
-        return f"{value:.3g}"
+        return f"{value:.4g}"
     if isinstance(value, (dict, list)):
         return json.dumps(value)[:80]
     return str(value).replace("|", "/")

@@ -40,6 +40,7 @@ class Plan:
     splits: int = 8
     repeats: int = 20
     symmetry_steps: int = 200
+    capped: bool = True  # each part within its cap (nets.gpucheck.parts.PARTS); else only the budget
 
     def reduction(self, mode: str, precision: str = "fp32", accumulate: str = "fp32") -> kernels.Reduction:
         """The check's reduction of a mode: one chunk when fixed, `splits` chunks otherwise."""
@@ -96,5 +97,5 @@ class Plan:
 
 
 GPU_PLAN = Plan()
-TINY_PLAN = Plan(depth=10, widen=1, batch=2, image=8, square=64, splits=3, repeats=3, symmetry_steps=3)
+TINY_PLAN = Plan(depth=10, widen=1, batch=2, image=8, square=64, splits=3, repeats=3, symmetry_steps=3, capped=False)
 PLANS = {"gpu": GPU_PLAN, "tiny": TINY_PLAN}
