@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.distributed as dist
 
-from .order import ORDER_TILE, call_key, chunk_order, MASK32
+from . import order_cpu
+from .order import MASK32, ORDER_TILE, call_key, chunk_order
 from .reduction import GRANULARITIES, SEED_LIMIT
 
 ALLREDUCE_MODES = ("native", "fixed", "splitk")
@@ -65,23 +66,26 @@ def order_indices(positions: torch.Tensor, granularity: str) -> torch.Tensor:
     return positions & MASK32
 
 
-def ordered_mean(stack: torch.Tensor, spec: AllReduce, call: int = 0,
-                 positions: torch.Tensor | None = None) -> torch.Tensor:
+def ordered_mean(stack: torch.Tensor, spec: AllReduce, call: int = 0, start: int = 0) -> torch.Tensor:
     """Mean over dim 0 of (R, n) `stack`: rows added left to right in `spec`'s order, then / R.
 
-    `positions` (n,) are the elements' positions in the flat parameter vector (default
-    0..n-1); only splitk reads them, together with `call`.
+    The n columns are positions start, start + 1, ... of the flat parameter vector; splitk orders
+    each by its position and `call`. CPU fp32/fp64 splitk sums take kernels.order_cpu's compiled
+    pass (the same order and additions, without materialising the orders).
     """
     if spec.mode == "native":
         raise ValueError("allreduce mode 'native' has no order of its own; ordered_mean needs 'fixed' or 'splitk'")
-    ranks = stack.shape[0]
+    ranks, n = stack.shape
     if spec.mode == "splitk" and ranks > 1:
-        if positions is None:
-            positions = torch.arange(stack.shape[1], dtype=torch.int64, device=stack.device)
-        order = chunk_order(call_key(spec.seed, call), order_indices(positions, spec.granularity), ranks)
-        stack = torch.gather(stack, 0, order)
-    total = stack[0].clone()
-    for row in stack[1:]:
+        key = call_key(spec.seed, call)
+        if stack.device.type == "cpu" and stack.dtype in order_cpu.SUMMABLE_DTYPES:
+            # an (n, 1) output whose first row is `start`: element e's order index is start + e
+            summed = order_cpu.sum_in_order(stack.reshape(ranks, n, 1), key, spec.granularity, first_row=start)
+            return summed.view(n).div_(ranks)
+        positions = torch.arange(start, start + n, dtype=torch.int64, device=stack.device)
+        stack = torch.gather(stack, 0, chunk_order(key, order_indices(positions, spec.granularity), ranks))
+    total = stack[0] + stack[1] if ranks > 1 else stack[0].clone()
+    for row in stack[2:]:
         total += row
     return total.div_(ranks)
 
@@ -97,16 +101,32 @@ class OrderedAllReduce:
                 self.offsets[id(parameter)] = total
                 total += parameter.numel()
         self.calls = 0
+        self.scratch = {}
 
-    def positions(self, bucket) -> torch.Tensor:
-        """Each bucket element's position in the flat parameter vector (padding reads 0)."""
-        buffer = bucket.buffer()
-        positions = torch.zeros(buffer.numel(), dtype=torch.int64, device=buffer.device)
+    def buffer(self, name: str, bucket, numel: int) -> torch.Tensor:
+        """A work buffer of this bucket, kept from step to step (fresh memory costs page faults)."""
+        like = bucket.buffer()
+        kept = self.scratch.get((name, bucket.index()))
+        if kept is None or kept.numel() != numel or kept.dtype != like.dtype or kept.device != like.device:
+            kept = self.scratch[name, bucket.index()] = torch.empty(numel, dtype=like.dtype, device=like.device)
+        return kept
+
+    def reduce(self, pieces: torch.Tensor, bucket, first: int) -> torch.Tensor:
+        """Ordered mean of the (R, shard) copies of bucket elements first, first + 1, ...
+
+        splitk reduces gradient by gradient, each at its position in the flat parameter vector.
+        """
+        if self.spec.mode == "fixed":
+            return ordered_mean(pieces, self.spec)
+        mean, last, buffer = torch.zeros_like(pieces[0]), first + pieces.shape[1], bucket.buffer()
         for parameter, grad in zip(bucket.parameters(), bucket.gradients()):
-            start = grad.storage_offset() - buffer.storage_offset()
-            first = self.offsets[id(parameter)]
-            positions[start:start + grad.numel()] = torch.arange(first, first + grad.numel(), device=buffer.device)
-        return positions
+            offset = grad.storage_offset() - buffer.storage_offset()
+            low, high = max(offset, first), min(offset + grad.numel(), last)
+            if low < high:
+                position = self.offsets[id(parameter)] + low - offset
+                mean[low - first:high - first] = ordered_mean(pieces[:, low - first:high - first], self.spec,
+                                                              self.calls, position)
+        return mean
 
 
 def ordered_allreduce_hook(state: OrderedAllReduce, bucket):
@@ -118,21 +138,21 @@ def ordered_allreduce_hook(state: OrderedAllReduce, bucket):
     group, buffer = state.group, bucket.buffer()
     ranks, rank, size = group.size(), group.rank(), buffer.numel()
     shard = -(-size // ranks)
-    send = buffer.new_zeros(ranks * shard)
-    send[:size] = buffer.flatten()
-    received = torch.empty_like(send)
+    flat = buffer.view(-1)
+    send = flat if size == ranks * shard else state.buffer("send", bucket, ranks * shard)
+    if send is not flat:
+        send[:size].copy_(flat)
+        send[size:].zero_()
+    received = state.buffer("received", bucket, ranks * shard)
     dist.all_to_all_single(received, send, group=group)
-    positions = None
-    if state.spec.mode == "splitk":
-        positions = torch.zeros_like(send, dtype=torch.int64)
-        positions[:size] = state.positions(bucket)
-        positions = positions[rank * shard:(rank + 1) * shard]
-    mine = ordered_mean(received.view(ranks, shard), state.spec, state.calls, positions)
+    mine = state.reduce(received.view(ranks, shard), bucket, rank * shard)
     dist.all_gather_single(send, mine, group=group)
+    if send is not flat:
+        flat.copy_(send[:size])
     if bucket.is_last():
         state.calls += 1
     future = torch.futures.Future()
-    future.set_result(send[:size].view_as(buffer))
+    future.set_result(buffer)
     return future
 
 

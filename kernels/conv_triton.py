@@ -207,26 +207,32 @@ class ConvProblem:
         }
 
 
-# Output tiles, largest first (kernels.triton_launch.pick_tile chooses by the grid's size).
-# Smaller than the GEMM's: every operand element of a tile gets its own gathered address and
-# mask, which live in registers, so BLOCK_K stays at 32 for every format. The 64x32 tile gives a
-# ConstNet weight gradient (160 x 1440) 135 programs in one chunk instead of 69.
-TILES = ((128, 128), (64, 128), (64, 64), (64, 32))
+# (BLOCK_M, BLOCK_N, warps) per operand format, largest first (kernels.triton_launch.pick_tile
+# chooses by the grid's size). Smaller than the GEMM's: every operand element of a tile gets its
+# own gathered address and mask, which live in registers, so BLOCK_K stays at 32 for every
+# format. 32-bit operands hold twice the registers of 16-bit ones, so tf32 starts at 64x128
+# and fp32 (FMA, no tensor cores) at 64x64. Each entry is the largest tile, and the warps, that
+# compile without spilling on sm_80 and sm_90 under triton 3.6 and 3.8 (python -m kernels.aot;
+# e.g. fp32 64x64 spills its atomic store on 4 warps, 64x32 spills on 4 warps for fp16 and on
+# 8 for fp32). 128x128 needs the operands in the format's own dtype (fp16/bf16): converting
+# gathered fp32 operands in registers spills there. The smallest tiles give a ConstNet weight
+# gradient (160 x 1440) in one chunk enough programs to fill an H100/H200 (64x64 gave it 69).
+TENSOR_CORE_TILES = ((128, 128, 8), (64, 128, 8), (64, 64, 4), (64, 32, 8))
+TILES = {"fp16": TENSOR_CORE_TILES, "bf16": TENSOR_CORE_TILES, "tf32": TENSOR_CORE_TILES[1:],
+         "fp32": ((64, 64, 8), (32, 64, 4), (32, 32, 4))}
 BLOCK_K = 32
-# Index into TILES of the largest tile each operand format may use (see conv_config).
-LARGEST_TILE = {"fp16": 0, "bf16": 0, "tf32": 1, "fp32": 2}
 
 
-def conv_config(precision: str, m: int, n: int, splits: int) -> LaunchConfig:
-    """The GPU config of a role's GEMM: tiles by operand format and grid size, never by the GPU.
+NATIVE_DTYPE = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
-    32-bit operands hold twice the registers of 16-bit ones, so tf32 starts at 64x128 and fp32
-    (FMA, no tensor cores) at 64x64 spread over 8 warps: the largest tiles that compile without
-    spilling on sm_80 and sm_90 (python -m kernels.aot; fp32 64x64 on 4 warps spills its atomic
-    store, fp32 64x32 on 8 warps its address arithmetic).
-    """
-    block_m, block_n = pick_tile(TILES[LARGEST_TILE[precision]:], m, n, splits)
-    warps = 8 if block_m * block_n >= 64 * 128 or (precision == "fp32" and block_m * block_n >= 64 * 64) else 4
+
+def conv_config(precision: str, dtypes, m: int, n: int, splits: int) -> LaunchConfig:
+    """The GPU config of a role's GEMM on operands of `dtypes`: tiles by operand format and grid
+    size, never by the GPU."""
+    tiles = TILES[precision]
+    if precision in NATIVE_DTYPE and any(dtype != NATIVE_DTYPE[precision] for dtype in dtypes):
+        tiles = tiles[1:]
+    block_m, block_n, warps = pick_tile(tiles, m, n, splits)
     return LaunchConfig(block_m, block_n, BLOCK_K, warps)
 
 
@@ -285,7 +291,8 @@ def launch(role: str, problem: ConvProblem, operands: dict, reduction: Reduction
     else:
         target = allocate_target(reduction, m, n, out_dtype, first.device)
         tensor, split_stride, mn_view = target.tensor, target.split_stride, matrix_as_mn(target.tensor, problem, role)
-    config = INTERPRETER_CONFIG if INTERPRETED else conv_config(reduction.precision, m, n, reduction.splits)
+    config = INTERPRETER_CONFIG if INTERPRETED else conv_config(
+        reduction.precision, [t.dtype for t in operands.values()], m, n, reduction.splits)
     pointers = {f"{name}_ptr": operands.get(name, first) for name in ("x", "w", "dy")}  # unread: any pointer
     strides = {name: tuple(t.stride()) for name, t in operands.items()}
     grid = (triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n), reduction.splits)

@@ -47,6 +47,9 @@ from .gemm import run_gemm
 from .reduction import as_policy
 
 aten = torch.ops.aten
+ROUTES = {aten.mm.default: "_gemm", aten.addmm.default: "_gemm", aten.bmm.default: "_gemm",
+          aten.baddbmm.default: "_gemm", aten.convolution.default: "_conv",
+          aten.convolution_backward.default: "_conv_backward"}
 # GEMM-like ops the mode leaves to torch, counted so that the report's share stays honest.
 UNROUTED = frozenset(getattr(aten, name) for name in (
     "mv", "dot", "vdot", "addmv", "addbmm", "_trilinear", "_cdist_forward", "_cdist_backward",
@@ -61,6 +64,17 @@ UNROUTED = frozenset(getattr(aten, name) for name in (
     "slow_conv3d_forward", "_conv_depthwise2d",
     "mm", "addmm", "bmm", "baddbmm", "convolution", "convolution_backward",  # their other overloads
 ))
+COUNT = "count"  # the plan of an unrouted GEMM-like op: counted, then run by torch
+_PLANS: dict[int, tuple] = {}  # id(op) -> (op, its plan: a route's method name, COUNT or None)
+
+
+def _plan(func) -> str | None:
+    """What the mode does with `func`; decided once per op, since every aten op passes through the mode."""
+    entry = _PLANS.get(id(func))
+    if entry is None:
+        plan = ROUTES.get(func) or (COUNT if func.overloadpacket in UNROUTED else None)
+        entry = _PLANS[id(func)] = (func, plan)
+    return entry[1]
 FALL_THROUGH = object()  # a route's answer when torch should run the op itself
 
 
@@ -113,9 +127,6 @@ class PolicyMode(TorchDispatchMode):
         self.backend = backend
         self.report = DispatchReport(self.policy.describe())
         self._stack = ExitStack()
-        self._routes = {aten.mm.default: self._gemm, aten.addmm.default: self._gemm,
-                        aten.bmm.default: self._gemm, aten.baddbmm.default: self._gemm,
-                        aten.convolution.default: self._conv, aten.convolution_backward.default: self._conv_backward}
 
     def __enter__(self):
         # Attention decomposes into bmm only on its math path; the fused encoder fast path never does.
@@ -133,15 +144,15 @@ class PolicyMode(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        route = self._routes.get(func)
-        if (route is not None or func.overloadpacket in UNROUTED) and not _called_by_kernels():
+        plan = _plan(func)
+        if plan is not None and not _called_by_kernels():
             node = torch._C._current_autograd_node()
-            if route is None:
+            if plan is COUNT:
                 self._native(func, node, "op not routed")
             elif node is not None and torch.is_grad_enabled():
                 self._native(func, node, "double backward")
             else:
-                out = route(func, node, *args, **kwargs)
+                out = getattr(self, plan)(func, node, *args, **kwargs)
                 if out is not FALL_THROUGH:
                     return out
         return func(*args, **kwargs)

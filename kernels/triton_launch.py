@@ -226,9 +226,9 @@ class LaunchConfig:
 INTERPRETER_CONFIG = LaunchConfig(block_m=32, block_n=32, block_k=32, num_warps=4, num_stages=1, group_m=2)
 
 
-def pick_tile(tiles, m: int, n: int, splits: int) -> tuple[int, int]:
-    """The first of `tiles` (largest first) whose grid, tiles x splits, has TARGET_PROGRAMS
-    programs, else the last (smallest)."""
+def pick_tile(tiles, m: int, n: int, splits: int) -> tuple:
+    """The first of `tiles` ((BLOCK_M, BLOCK_N, ...), largest first) whose grid, tiles x splits,
+    has TARGET_PROGRAMS programs, else the last (smallest)."""
     return next((t for t in tiles if triton.cdiv(m, t[0]) * triton.cdiv(n, t[1]) * splits >= TARGET_PROGRAMS),
                 tiles[-1])
 

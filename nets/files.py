@@ -2,7 +2,8 @@
 
 A reader, or a crash, sees either the old file or the new one. A process killed mid-write (SIGKILL,
 power loss) leaves its temporary file behind: `stale_temporaries` finds those whose writer is gone.
-Reading a JSON record back checks that it is one, naming the file when it is not.
+Reading a JSON record back checks that it is one, naming the file when it is not; whether an output
+path can be written at all is found out before the work that produces it (`unwritable_reason`).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 import os
 import re
 import secrets
+import tempfile
 from pathlib import Path
 
 # .<target name>.<pid of the writer>.<8 hex digits>.tmp, as atomic_write names its temporary files
@@ -32,6 +34,31 @@ def atomic_write(path: str | Path, write) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def unwritable_reason(path: str | Path, directory: bool = False) -> str | None:
+    """Why `path` cannot be written as a file (with `directory`: made a directory and filled), or None.
+
+    Found by creating and removing a temporary file where the output would go, so it is the
+    operating system's answer (permissions, read-only mounts, a full inode table).
+    """
+    path = Path(path)
+    if directory:
+        home = path
+        while not home.exists() and home != home.parent:  # the nearest ancestor that exists
+            home = home.parent
+    elif path.is_dir():
+        return "it is a directory"
+    else:
+        home = path.parent
+    if not home.is_dir():
+        return f"{home} is not a directory" if home.exists() else f"{home} does not exist"
+    try:
+        with tempfile.TemporaryFile(dir=home):
+            pass
+    except OSError as error:
+        return f"{home} does not accept new files ({error.strerror or error})"
+    return None
 
 
 def _running(pid: int) -> bool:

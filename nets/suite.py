@@ -23,6 +23,7 @@ from probes.device import device_info
 from probes.fingerprint import fingerprint
 from probes.ops import OPS, ConvShape, MatmulShape, make_inputs, run_op
 
+from .files import read_json_object
 from .workloads import TrainingSetup, train
 
 SUITE_SHAPES = {"matmul": MatmulShape(48, 96, 40), "conv_forward": ConvShape(2, 8, 12, 8),
@@ -79,6 +80,17 @@ def run_suite(device=None, progress=None) -> dict:
         entries[name] = {"fingerprint": job(), "backend": backend}
     return {"format": FORMAT_VERSION, "device": device_info(), "kernel_backend": kernel_backend,
             "training": SUITE_TRAINING.to_dict(), "entries": entries}
+
+
+def load_suite(path) -> dict:
+    """A fingerprint file (run_suite's result as JSON); ValueError naming the file when it is not one."""
+    suite = read_json_object(path)
+    entries = suite.get("entries")
+    if not isinstance(entries, dict) or not isinstance(suite.get("device", {}), dict) or not all(
+            isinstance(entry, dict) and {"fingerprint", "backend"} <= entry.keys() for entry in entries.values()):
+        raise ValueError(f"{path} is not a fingerprint file: it needs an \"entries\" object of "
+                         "{\"fingerprint\", \"backend\"} records (and a \"device\" object)")
+    return suite
 
 
 def compare_suites(a: dict, b: dict) -> list[dict]:

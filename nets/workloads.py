@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -109,10 +110,26 @@ def repeat_training(setup: TrainingSetup, policy, backend: str, runs: int, devic
     return {"setup": setup.to_dict(), "policy": policy.to_dict(), "backend": backend, **compare_runs(results)}
 
 
+# A run's checkpoint.pt holds numpy's generator state (a uint32 array) beside the weights: the only
+# non-torch types loading admits are those it takes (the array, its dtype, numpy's reconstructor).
+NUMPY_STATE = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), np.zeros(0).__reduce__()[0]]
+
+
 def load_state_dict(path: str) -> dict:
-    """A state_dict from a checkpoint file, or from its "model" / "state_dict" entry."""
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    """A state_dict from a checkpoint file, or from its "model" / "state_dict" entry.
+
+    Loaded without running any code the file names (weights_only); ValueError naming the file when
+    it is not a torch file or holds no state_dict.
+    """
+    try:
+        with torch.serialization.safe_globals(NUMPY_STATE):
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load fails in many ways on a damaged or foreign file
+        raise ValueError(f"{path} is not a torch file that loads safely ({type(error).__name__})") from None
     for key in ("model", "state_dict"):
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
-            return loaded[key]
+            loaded = loaded[key]
+            break
+    if not isinstance(loaded, dict) or not all(isinstance(value, torch.Tensor) for value in loaded.values()):
+        raise ValueError(f"{path} holds no state_dict (a dict of tensors, or one under \"model\" or \"state_dict\")")
     return loaded

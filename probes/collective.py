@@ -12,11 +12,17 @@ NCCL with one GPU per rank) several times per setting and compares the sums bit 
   ranks agree    whether every rank received the same all_reduce result
 Each rank draws its inputs from a generator seeded by (seed, rank), spread over many binades
 so that the order of additions shows in the last bits.
+
+`allreduce_timing` times DDP steps whose cost is the gradient all-reduce of given parameter
+shapes, for each all-reduce mode of kernels.allreduce.
 """
 from __future__ import annotations
 
+import math
 import os
+import statistics
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,10 +30,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from kernels.allreduce import close_process_group
+from torch.nn.parallel import DistributedDataParallel
+
+from kernels.allreduce import ALLREDUCE_MODES, AllReduce, attach, close_process_group
 
 from .compare import compare
-from .device import device_info
+from .device import describe_device, device_info
+from .table import format_table
 
 DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "fp16": torch.float16, "bf16": torch.bfloat16}
 OPS = ("all_reduce", "reduce_scatter")
@@ -123,30 +132,36 @@ def _worst(comparisons: list) -> dict | None:
     return _summary(max(comparisons, key=lambda c: c.n_differ)) if comparisons else None
 
 
-def _check(backend: str, world_sizes, sizes, dtypes, runs: int, variants) -> None:
+def _check_group(backend: str, world_sizes) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not allowed; choose one of {', '.join(BACKENDS)}")
     if backend == "nccl" and not torch.cuda.is_available():
         raise ValueError("backend='nccl' needs CUDA GPUs; this machine has none (use backend='gloo')")
+    if any(world < 2 for world in world_sizes):
+        raise ValueError(f"world sizes {list(world_sizes)} are not allowed; each must be >= 2")
+
+
+def _check(backend: str, world_sizes, sizes, dtypes, runs: int, variants) -> None:
+    _check_group(backend, world_sizes)
     unknown = [dtype for dtype in dtypes if dtype not in DTYPES]
     if unknown:
         raise ValueError(f"dtypes {unknown} are not allowed; choose from {', '.join(DTYPES)}")
-    if any(world < 2 for world in world_sizes):
-        raise ValueError(f"world sizes {list(world_sizes)} are not allowed; each must be >= 2")
     if any(size < max(world_sizes) for size in sizes):
         raise ValueError(f"sizes {list(sizes)} are not allowed; each must be >= the largest world size")
     if runs < 2 and len(variants) < 2:
         raise ValueError(f"runs={runs} is not allowed with one variant; compare at least 2 launches")
 
 
-def collective_probe(backend: str = "gloo", world_sizes=(2, 3), sizes=(1_000, 100_000), dtypes=("fp32", "fp16"),
+def collective_probe(backend: str | None = None, world_sizes=(2, 3), sizes=(1_000, 100_000), dtypes=("fp32", "fp16"),
                      runs: int = 2, variants=None, seed: int = 0, echo=lambda line: None) -> dict:
     """Launch `runs` fresh process groups per (variant, world size) and compare their sums.
 
-    `variants` are environment settings applied to the ranks (default: none for gloo,
-    NCCL_VARIANTS for nccl). Returns a JSON-ready record with one row per
-    (variant, world size, op, dtype, size) and the ranks' device records.
+    `backend` defaults to nccl where CUDA is available, else gloo. `variants` are environment
+    settings applied to the ranks (default: none for gloo, NCCL_VARIANTS for nccl). Returns a
+    JSON-ready record with one row per (variant, world size, op, dtype, size), the device record
+    and the ranks' own records.
     """
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if variants is None:
         variants = NCCL_VARIANTS if backend == "nccl" else [{}]
     variants = [dict(variant) for variant in variants]
@@ -176,23 +191,98 @@ def collective_probe(backend: str = "gloo", world_sizes=(2, 3), sizes=(1_000, 10
             "rows": rows}
 
 
+class _Gradients(torch.nn.Module):
+    """Parameters of the given shapes whose gradient is the input (a scalar): backward is free."""
+
+    def __init__(self, shapes):
+        super().__init__()
+        self.tensors = torch.nn.ParameterList(torch.nn.Parameter(torch.zeros(shape)) for shape in shapes)
+
+    def forward(self, x):
+        return sum((tensor * x).sum() for tensor in self.tensors)
+
+
+def _timing_worker(rank: int, world_size: int, backend: str, shapes: list, modes: list, warmup: int, steps: int,
+                   folder: str) -> None:
+    """One rank: DDP steps of the gradient, the modes taking turns step by step (so that a busy
+    machine slows them alike); rank 0 saves each step's seconds."""
+    device, _ = _rank_device(backend, rank)
+    dist.init_process_group(backend, init_method=f"file://{folder}/store", rank=rank, world_size=world_size)
+    models = {mode: DistributedDataParallel(_Gradients(shapes).to(device)) for mode in modes}
+    for mode, model in models.items():
+        attach(model, AllReduce(mode))
+    x = torch.full((), rank + 1.0, device=device)
+    seconds = {mode: [] for mode in modes}
+    for step in range(warmup + steps):
+        for mode, model in models.items():
+            dist.barrier()
+            started = time.perf_counter()
+            model(x).backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if step >= warmup:
+                seconds[mode].append(time.perf_counter() - started)
+    del models, model
+    if rank == 0:
+        torch.save(seconds, Path(folder) / "seconds.pt")
+    close_process_group()
+
+
+def allreduce_timing(shapes, modes=ALLREDUCE_MODES, world_size: int = 2, backend: str | None = None,
+                     warmup: int = 2, steps: int = 10) -> dict:
+    """Seconds per DDP step (backward of a free gradient: mostly the all-reduce) of each mode.
+
+    `shapes` are the parameters' shapes (e.g. a network's); each step all-reduces all of them
+    in DDP's buckets. Returns {"modes": {mode: {"median_s", "min_s", "seconds"}}, "ratio_to_native"
+    (medians), the settings and the device record}.
+    """
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    _check_group(backend, [world_size])
+    with tempfile.TemporaryDirectory(prefix="allreduce-") as folder:
+        mp.start_processes(_timing_worker, args=(world_size, backend, [list(s) for s in shapes], list(modes), warmup,
+                                                 steps, folder), nprocs=world_size, join=True, start_method="spawn")
+        seconds = torch.load(Path(folder) / "seconds.pt")
+    table = {mode: {"median_s": statistics.median(times), "min_s": min(times), "seconds": times}
+             for mode, times in seconds.items()}
+    native = table.get("native", {}).get("median_s")
+    return {"device": device_info(), "backend": backend, "world_size": world_size,
+            "parameters": sum(math.prod(shape) for shape in shapes), "warmup": warmup, "steps": steps,
+            "modes": table, "ratio_to_native": {mode: row["median_s"] / native for mode, row in table.items()}
+            if native else None}
+
+
 TABLE_COLUMNS = [("variant", "variant"), ("world", "world_size"), ("op", "op"), ("dtype", "dtype"),
                  ("size", "size"), ("runs identical", "runs_identical"), ("vs rank order", "rank_order_frac"),
                  ("max ulp", "rank_order_ulp"), ("first diff", "rank_order_first"),
                  ("vs largest", "largest_frac"), ("vs variant 0", "variant_frac"), ("ranks agree", "ranks_agree")]
 
 
-def table_rows(record: dict) -> list[dict]:
-    """The probe's rows flattened for probes.table.format_table with TABLE_COLUMNS."""
-    flat = []
-    for row in record["rows"]:
-        first = row["rank_order"]["first_diff"]
-        flat.append({
-            "variant": row["variant"], "world_size": row["world_size"], "op": row["op"], "dtype": row["dtype"],
-            "size": row["size"], "runs_identical": row["runs"]["identical"] if row["runs"] else None,
-            "rank_order_frac": row["rank_order"]["frac_differ"], "rank_order_ulp": row["rank_order"]["max_ulp"],
-            "rank_order_first": first[0] if first else None, "largest_frac": row["largest_size"]["frac_differ"],
-            "variant_frac": row["first_variant"]["frac_differ"] if row["first_variant"] else None,
-            "ranks_agree": row["ranks_agree"],
-        })
-    return flat
+def _table_row(row: dict) -> dict:
+    first = row["rank_order"]["first_diff"]
+    return {
+        "variant": row["variant"], "world_size": row["world_size"], "op": row["op"], "dtype": row["dtype"],
+        "size": row["size"], "runs_identical": row["runs"]["identical"] if row["runs"] else None,
+        "rank_order_frac": row["rank_order"]["frac_differ"], "rank_order_ulp": row["rank_order"]["max_ulp"],
+        "rank_order_first": first[0] if first else None, "largest_frac": row["largest_size"]["frac_differ"],
+        "variant_frac": row["first_variant"]["frac_differ"] if row["first_variant"] else None,
+        "ranks_agree": row["ranks_agree"],
+    }
+
+
+def collective_text(record: dict) -> str:
+    """The probe's record as the machine's line, the variants and a table (fractions of differing elements)."""
+    variants = "; ".join(f"{number}: {env or 'default'}" for number, env in enumerate(record["variants"]))
+    return (f"{record['backend']} on {describe_device(record['device'])}\nvariants {variants}\n"
+            + format_table([_table_row(row) for row in record["rows"]], TABLE_COLUMNS)
+            + "\n\nvs rank order / vs largest / vs variant 0: fraction of elements whose bits differ")
+
+
+def int_list(text: str, name: str) -> list[int]:
+    """A comma-separated list of positive integers, e.g. "2,3"."""
+    try:
+        values = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise ValueError(f"{name}={text!r} is not allowed; give comma-separated positive integers, e.g. 2,3")
+    return values

@@ -8,6 +8,7 @@ the pairs where both values are finite. Relative difference is |a - b| / max(|a|
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import torch
@@ -99,6 +100,9 @@ def compare(a: torch.Tensor, b: torch.Tensor) -> Comparison:
 
 def compare_dicts(a: dict, b: dict) -> dict[str, Comparison]:
     """compare() for every tensor entry of two dicts with the same keys (e.g. two state_dicts)."""
+    for name, value in (("a", a), ("b", b)):
+        if not isinstance(value, Mapping):
+            raise TypeError(f"{name} must be a dict (a state_dict, say), got {type(value).__name__}")
     if set(a) != set(b):
         only_a, only_b = sorted(map(str, set(a) - set(b))), sorted(map(str, set(b) - set(a)))
         raise ValueError(f"the dicts have different keys: only in a {only_a}, only in b {only_b}")

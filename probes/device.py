@@ -167,6 +167,8 @@ def device_info() -> dict:
 
 def describe_device(record: dict) -> str:
     """One line naming the machine of a device record: GPU names and driver, or the CPU."""
+    if not isinstance(record, dict):
+        raise TypeError(f"record must be a device record (a dict from device_info()), got {type(record).__name__}")
     if not record.get("nvidia"):
         host = record.get("host", {})
         return f"CPU {host.get('cpu_model')} x{host.get('cpu_count')} on {host.get('hostname')} (no NVIDIA GPU)"

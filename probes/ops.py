@@ -73,20 +73,27 @@ _CONV_PATTERN = re.compile(r"^(\d+)x(\d+)x(\d+)x(\d+)(?:k(\d+))?(?:s(\d+))?(?:p(
 
 
 def parse_shape(op: str, text: str):
-    """"MxKxN" for matmul; "NxCINxCOUTxSIZE[kK][sS][pP]" for the conv ops (defaults k3 s1 p1)."""
+    """"MxKxN" for matmul; "NxCINxCOUTxSIZE[kK][sS][pP]" for the conv ops (defaults k3 s1 p1); sizes >= 1."""
     check_op(op)
     if op == "matmul":
         match = _MATMUL_PATTERN.match(text)
         if not match:
             raise ValueError(f"shape={text!r} is not allowed for matmul; write MxKxN, e.g. 64x256x48")
-        return MatmulShape(*map(int, match.groups()))
+        return _non_empty(text, MatmulShape(*map(int, match.groups())))
     match = _CONV_PATTERN.match(text)
     if not match:
         raise ValueError(f"shape={text!r} is not allowed for {op}; "
                          "write NxCINxCOUTxSIZE[kK][sS][pP], e.g. 8x16x32x16k3s2p1")
     batch, c_in, c_out, size, kernel, stride, padding = match.groups()
-    return ConvShape(int(batch), int(c_in), int(c_out), int(size), int(kernel or 3), int(stride or 1),
-                     int(1 if padding is None else padding))
+    return _non_empty(text, ConvShape(int(batch), int(c_in), int(c_out), int(size), int(kernel or 3),
+                                      int(stride or 1), int(1 if padding is None else padding)))
+
+
+def _non_empty(text: str, shape):
+    """The shape, unless a size (padding aside) is 0: an empty result has no bits to probe."""
+    if min(value for name, value in vars(shape).items() if name != "padding") < 1:
+        raise ValueError(f"shape={text!r} is not allowed: every size (padding aside) must be >= 1")
+    return shape
 
 
 DEFAULT_SHAPES = {"matmul": MatmulShape(64, 256, 48), "conv_forward": ConvShape(4, 16, 24, 12),

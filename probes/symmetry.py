@@ -19,6 +19,8 @@ without replacement with a seeded generator (the reference code sampled at most 
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import torch
@@ -37,6 +39,8 @@ def _check_kind(kind: str) -> None:
 def _check_weight(w) -> None:
     if not isinstance(w, torch.Tensor):
         raise TypeError(f"w must be a torch.Tensor, got {type(w).__name__}")
+    if not w.is_floating_point():
+        raise TypeError(f"w must be a real floating-point tensor, got dtype {str(w.dtype).replace('torch.', '')}")
     if w.dim() not in (2, 4):
         raise ValueError(
             f"w must be a linear weight (out, in) or a conv weight (C_out, C_in, kh, kw); got shape {tuple(w.shape)}"
@@ -46,13 +50,13 @@ def _check_weight(w) -> None:
 def forward_rows(w: torch.Tensor) -> torch.Tensor:
     """The C_out output filters of a weight, one per row, as float64."""
     _check_weight(w)
-    return w.detach().to(torch.float64).reshape(w.shape[0], -1)
+    return w.detach().to(torch.float64).flatten(1)
 
 
 def backward_rows(w: torch.Tensor) -> torch.Tensor:
     """The C_in input slices of a weight (what each input channel sends forward), one per row."""
     _check_weight(w)
-    return w.detach().to(torch.float64).transpose(0, 1).reshape(w.shape[1], -1)
+    return w.detach().to(torch.float64).transpose(0, 1).flatten(1)
 
 
 def _sample_rows(rows: torch.Tensor, max_rows: int | None, seed: int) -> torch.Tensor:
@@ -96,6 +100,8 @@ def backward_correlation(w: torch.Tensor, kind: str = "cosine", max_rows: int | 
 
 def dissimilarity(c: float) -> float:
     """sqrt(1 - C^2), the paper's per-layer dissimilarity (C clamped to [-1, 1]; NaN stays NaN)."""
+    if isinstance(c, bool) or not isinstance(c, numbers.Real):
+        raise TypeError(f"a correlation must be a real number, got {type(c).__name__}")
     if math.isnan(c):
         return math.nan
     return math.sqrt(max(0.0, 1.0 - min(1.0, c * c)))
@@ -103,6 +109,8 @@ def dissimilarity(c: float) -> float:
 
 def effective_width(n: int, c: float) -> float:
     """1 + (n - 1) sqrt(1 - C^2): n channels with correlation C act like this many distinct ones."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise TypeError(f"n must be a number of channels (an int >= 1), got {n!r}")
     return 1.0 + (n - 1) * dissimilarity(c)
 
 
@@ -176,6 +184,8 @@ def symmetry_report(named_weights, kind: str = "cosine", max_rows: int | None = 
 def model_symmetry(model: nn.Module, kind: str = "cosine", max_rows: int | None = None, seed: int = 0,
                    summary_kinds: tuple = ("conv",)) -> dict:
     """symmetry_report of every nn.Conv2d / nn.Linear (subclasses included) of a model."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     named = [(name, m.weight) for name, m in reducing_layers(model)]
     return symmetry_report(named, kind, max_rows, seed, summary_kinds)
 
@@ -183,6 +193,8 @@ def model_symmetry(model: nn.Module, kind: str = "cosine", max_rows: int | None 
 def state_dict_symmetry(state: dict, kind: str = "cosine", max_rows: int | None = None, seed: int = 0,
                         summary_kinds: tuple = ("conv",)) -> dict:
     """symmetry_report of a state_dict's conv (4-D) and linear (2-D) ".weight" entries, in order."""
-    named = [(key[: -len(".weight")], value) for key, value in state.items()
-             if key.endswith(".weight") and isinstance(value, torch.Tensor) and value.dim() in (2, 4)]
+    if not isinstance(state, Mapping):
+        raise TypeError(f"state must be a state_dict (a dict of tensors), got {type(state).__name__}")
+    named = [(key[: -len(".weight")], value) for key, value in state.items() if isinstance(key, str)
+             and key.endswith(".weight") and isinstance(value, torch.Tensor) and value.dim() in (2, 4)]
     return symmetry_report(named, kind, max_rows, seed, summary_kinds)

@@ -26,6 +26,8 @@ ULP_DTYPES = tuple(_BIT_LAYOUT)
 
 
 def check_ulp_dtype(x: torch.Tensor, name: str = "x") -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _BIT_LAYOUT:
         allowed = ", ".join(str(d).replace("torch.", "") for d in ULP_DTYPES)
         raise TypeError(f"{name} has dtype {str(x.dtype).replace('torch.', '')}; ULP distances need one of: {allowed}")
@@ -56,6 +58,8 @@ def ordered_bits(x: torch.Tensor) -> torch.Tensor:
 
 def ulp_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Elementwise |a - b| in ULPs of their dtype, as float64 (exact below 2**53)."""
+    check_ulp_dtype(a, "a")
+    check_ulp_dtype(b, "b")
     if a.dtype != b.dtype or a.shape != b.shape:
         raise ValueError(f"a and b must have the same dtype and shape; got {a.dtype} {tuple(a.shape)} "
                          f"and {b.dtype} {tuple(b.shape)}")

@@ -50,12 +50,14 @@ def test_fixed_adds_ranks_left_to_right(generator):
     assert not torch.equal(got, ((stack[3] + stack[2]) + stack[1] + stack[0]) / 4), "order should show in the bits"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # the compiled CPU pass, the torch one
 @pytest.mark.parametrize("granularity", ["element", "tile", "call"])
-def test_splitk_follows_the_kernels_order_function(generator, granularity):
-    stack, spec = spread(generator, 5, 300), AllReduce("splitk", seed=11, granularity=granularity)
-    index = {"element": torch.arange(300), "tile": torch.arange(300) // 64, "call": torch.zeros(300, dtype=torch.long)}
+def test_splitk_follows_the_kernels_order_function(generator, granularity, dtype):
+    stack, spec = spread(generator, 5, 300).to(dtype), AllReduce("splitk", seed=11, granularity=granularity)
+    positions = torch.arange(1000, 1300)
+    index = {"element": positions, "tile": positions // 64, "call": torch.zeros(300, dtype=torch.long)}
     order = chunk_order(call_key(11, 7), index[granularity], 5)
-    assert torch.equal(ordered_mean(stack, spec, call=7), rank_order(stack, order))
+    assert torch.equal(ordered_mean(stack, spec, call=7, start=1000), rank_order(stack, order))
 
 
 def test_splitk_is_seeded_and_independent_of_the_slice(generator):
@@ -65,7 +67,7 @@ def test_splitk_is_seeded_and_independent_of_the_slice(generator):
     assert torch.equal(full, ordered_mean(stack, spec, call=2))
     assert not torch.equal(full, ordered_mean(stack, AllReduce("splitk", seed=5), call=2))
     assert not torch.equal(full, ordered_mean(stack, spec, call=3))
-    part = ordered_mean(stack[:, 1234:4321], spec, call=2, positions=torch.arange(1234, 4321))
+    part = ordered_mean(stack[:, 1234:4321], spec, call=2, start=1234)
     assert torch.equal(part, full[1234:4321])
 
 

@@ -68,3 +68,26 @@ def test_representative_variants_compile_for_sm80_and_sm90():
 @pytest.mark.slow
 def test_every_variant_compiles_for_sm80_and_sm90():
     check_reports(compile_reports())
+
+
+def test_registry_covers_every_input_dtype_format_and_target():
+    """Every (input dtype, operand format, target kind) of the GEMM and of each conv role, each
+    accumulate format on every target kind, and both orders of the second stage (before variants
+    that compile to the same code are merged: a float64 input is read as float32)."""
+    from kernels.aot_variants import INPUT_DTYPES, POINTER_TYPES, TARGETS, conv_variants, gemm_variants
+    from kernels.reduction import KERNEL_ACCUMULATES, KERNEL_PRECISIONS
+
+    variants = gemm_variants() + conv_variants()
+    seen = {(v.name.split(" in=")[0].rsplit(" ", 1)[0], v.name.split(" in=")[1].split("/")[0].split(" ")[0],
+             v.constexprs["PRECISION"], v.constexprs["TARGET"], v.constexprs["ACCUMULATE"])
+            for v in variants if "PRECISION" in v.constexprs}
+    for op in ("gemm", "conv forward", "conv input_grad", "conv weight_grad"):
+        for dtype in INPUT_DTYPES:
+            for precision in KERNEL_PRECISIONS:
+                targets = {t for o, i, p, t, _ in seen if (o.startswith(op), i, p) == (True, POINTER_TYPES[dtype], precision)}
+                assert targets >= ({"direct"} if op != "gemm" else set(TARGETS)), (op, dtype, precision, targets)
+            for target in TARGETS[1:]:
+                assert any(o.startswith(op) and t == target for o, _, _, t, _ in seen), (op, target)
+    assert {(t, a) for _, _, _, t, a in seen} == {(t, a) for t in TARGETS for a in KERNEL_ACCUMULATES}
+    sums = {(v.constexprs["ORDERED"], v.constexprs["ACCUMULATE"]) for v in variants if "ORDERED" in v.constexprs}
+    assert sums == {(ordered, a) for ordered in (False, True) for a in KERNEL_ACCUMULATES}

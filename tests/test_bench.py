@@ -2,23 +2,21 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
-ROOT = Path(__file__).resolve().parents[1]
+from tools.bench import cli
+
 TABLE_COLUMNS = ("case", "role", "M x N x K", "mode", "ours ms", "torch ms", "ours TF/s", "torch TF/s", "ratio")
 
 
 def bench(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, TRITON_INTERPRET="0")
-    return subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "bench.py"), *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )
+    """tools/bench.py's exit code, table (stdout) and progress (stderr), run in this process."""
+    result = CliRunner().invoke(cli, list(args))
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
 
 def check_output(result: subprocess.CompletedProcess, json_path: Path, kind: str, expected_rows: int) -> list[dict]:

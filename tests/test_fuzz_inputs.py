@@ -1,7 +1,7 @@
 """Malformed and non-finite input to the public functions: a clear error, or a result that says so.
 
-A clear error is a ValueError or TypeError whose one-line message names what is wrong; anything
-else (IndexError, RuntimeError from inside torch, a hang) is a failure. Non-finite weights never
+A clear error is a ValueError or TypeError whose message names what is wrong; anything else
+(AttributeError, IndexError, a RuntimeError from inside torch) is a failure. Non-finite weights never
 read as symmetry: their correlations are NaN and the layer is flagged.
 
 SYMBREAK_FUZZ_EXAMPLES=N runs N examples per property (default: a CI-sized handful).
@@ -17,20 +17,11 @@ from hypothesis import strategies as st
 from torch import nn
 
 import probes
-from kernels import Conv2d, Linear, Policy, Reduction, conv2d, matmul, patch
+from kernels import Policy
 from probes.symmetry import symmetry_report
 from test_fuzz_settings import fuzz
 
 NON_FINITE = (math.nan, math.inf, -math.inf)
-
-
-def assert_clear_error(call):
-    """`call()` raises ValueError/TypeError with a one-line message (or returns)."""
-    try:
-        call()
-    except (ValueError, TypeError) as error:
-        message = str(error)
-        assert message and "\n" not in message, repr(message)
 
 
 # ---------------------------------------------------------------- non-finite weights and symmetry
@@ -92,3 +83,45 @@ def test_finite_weights_are_flagged_finite_with_correlations_in_range(shape, see
     layer = probes.weight_symmetry("layer", w)
     assert layer.finite
     assert -1.0 <= layer.forward <= 1.0 and -1.0 <= layer.backward <= 1.0
+
+
+# ---------------------------------------------------------------- junk arguments to every public function
+
+def _junk():
+    """Values no public function takes in the place they land: a clear error is the only answer."""
+    tensors = st.sampled_from([
+        torch.empty(0), torch.ones(3, dtype=torch.int64), torch.ones(2, 3, dtype=torch.bool), torch.randn(4),
+        torch.randn(2, 3, 4), torch.full((3, 3), math.nan), torch.randn(2, 2, dtype=torch.complex64),
+        torch.randn(5, 0), torch.randn(1, 1, 1, 1, 1)])
+    return st.one_of(st.none(), st.booleans(), st.integers(-5, 64), st.floats(allow_nan=True, allow_infinity=True),
+                     st.text(max_size=4), st.lists(st.integers(-2, 2), max_size=3), st.dictionaries(st.text(max_size=2),
+                     st.integers(), max_size=2), tensors, st.just(nn.Identity()), st.just(object()))
+
+
+def _public_callables(package: str):
+    """(name, callable) of a package's public functions and classes."""
+    import kernels
+    import nets
+    from nets.data import load_dataset
+    from nets.training import build_config
+
+    if package == "kernels":
+        names = [name for name in kernels.__all__ if callable(getattr(kernels, name)) and name != "counting"]
+        return [(f"kernels.{name}", getattr(kernels, name)) for name in names] + [("Policy.uniform", Policy.uniform)]
+    if package == "probes":
+        return [(f"probes.{name}", getattr(probes, name)) for name in probes.__all__
+                if callable(getattr(probes, name)) and name != "device_info"]
+    return [("nets.build", nets.build), ("nets.data.load_dataset", load_dataset),
+            ("nets.training.build_config", build_config)]
+
+
+@pytest.mark.parametrize("package", ["kernels", "probes", "nets"])
+@fuzz(100)
+@given(data=st.data())
+def test_public_functions_refuse_junk_with_a_clear_error(package, data):
+    name, function = data.draw(st.sampled_from(_public_callables(package)))
+    args = data.draw(st.lists(_junk(), max_size=3))
+    try:
+        function(*args)
+    except (ValueError, TypeError) as error:
+        assert str(error), f"{name}{tuple(args)!r} raised {type(error).__name__} without a message"

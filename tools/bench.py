@@ -27,7 +27,7 @@ from nets.files import write_json
 from probes.device import describe_device, device_info
 from probes.table import format_table
 from probes.timing import GEMM_SHAPES, Row, conv_cases, gemm_cases, run_cases
-from tools.options import CommaList
+from tools.options import CommaList, Device, OutputPath, ToolCommand
 
 COLUMNS = [("case", "case"), ("role", "role"), ("M x N x K", "shape"), ("mode", "mode"), ("S", "splits"),
            ("prec", "precision"), ("ours ms", "ours_ms"), ("torch ms", "torch_ms"), ("ours TF/s", "ours_tflops"),
@@ -50,12 +50,13 @@ def bench_options(command):
                      help="K chunks of splitk and atomic (fixed uses 1)."),
         click.option("--backend", type=click.Choice([b for b in BACKENDS if b != "native"]), default="auto",
                      show_default=True),
-        click.option("--device", "device_name", default=None, help="torch device [default: cuda if available]."),
+        click.option("--device", "device_name", type=Device(), default=None,
+                     help="cpu, cuda or cuda:N [default: cuda if available]."),
         click.option("--warmup", type=click.IntRange(min=1), default=2, show_default=True,
                      help="Warm-up runs (x25 ms of warm-up on CUDA)."),
         click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True,
                      help="Timed runs (x25 ms of timing on CUDA)."),
-        click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+        click.option("--json", "json_path", type=OutputPath(), default=None,
                      help="Write the rows and the device record to this file."),
     ]
     for option in reversed(options):
@@ -94,7 +95,7 @@ def run_benchmark(kind, shapes, modes, precisions, accumulate, splits, backend, 
         click.echo(f"wrote {json_path}", err=True)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.command(cls=ToolCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.argument("kind", type=click.Choice(["gemm", "conv"]), default="gemm", required=False)
 @bench_options
 def cli(kind, **options):

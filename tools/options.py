@@ -1,9 +1,17 @@
-"""Click pieces the command lines share: list options, --json and --device, and error reporting."""
+"""Click pieces the command lines share: list options, --json and --device, and error reporting.
+
+Output paths are checked while the options are parsed, so a command that cannot write its result
+says so before it runs (not after an hour of benchmarks); --device is checked the same way.
+"""
 from __future__ import annotations
+
+import math
+from pathlib import Path
 
 import click
 
-from nets.files import write_json
+from nets.files import unwritable_reason, write_json
+from nets.training.numerics import resolve_device
 
 
 class CommaList(click.ParamType):
@@ -24,13 +32,76 @@ class CommaList(click.ParamType):
         return items
 
 
+class OutputPath(click.Path):
+    """A file (or, with dir_okay, a directory) the command will write: checked before any work."""
+
+    def __init__(self, dir_okay: bool = False):
+        super().__init__(dir_okay=dir_okay, file_okay=not dir_okay)
+
+    def convert(self, value, param, ctx):
+        path = super().convert(value, param, ctx)
+        reason = unwritable_reason(Path(path), directory=self.dir_okay)
+        if reason:
+            self.fail(f"cannot write {path}: {reason}", param, ctx)
+        return path
+
+
+class Device(click.ParamType):
+    """cpu, cuda or cuda:N, refused when this machine has no such device."""
+
+    name = "device"
+
+    def convert(self, value, param, ctx):
+        try:
+            return str(resolve_device(str(value)))
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+
+
+class Seconds(click.ParamType):
+    """A finite number of seconds > 0."""
+
+    name = "seconds"
+
+    def convert(self, value, param, ctx):
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not 0 < seconds < math.inf:
+            self.fail(f"{value!r} is not allowed; give a finite number of seconds > 0", param, ctx)
+        return seconds
+
+
+class IntList(click.ParamType):
+    """Comma-separated integers in [minimum, limit), e.g. "0,1,5" (call numbers, seeds)."""
+
+    name = "list"
+
+    def __init__(self, minimum: int = 0, limit: int | None = None):
+        self.minimum, self.limit = minimum, limit
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            items = tuple(int(part) for part in str(value).split(",") if part.strip())
+        except ValueError:
+            items = ()
+        if not items or min(items) < self.minimum or (self.limit is not None and max(items) >= self.limit):
+            allowed = f">= {self.minimum}" if self.limit is None else f"in [{self.minimum}, {self.limit})"
+            self.fail(f"{value!r} is not a comma-separated list of integers {allowed}, e.g. 0,1,2", param, ctx)
+        return items
+
+
 def json_option(fn):
-    return click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+    return click.option("--json", "json_path", type=OutputPath(), default=None,
                         help="Also write the result to this JSON file.")(fn)
 
 
 def device_option(fn):
-    return click.option("--device", default=None, help="cpu or cuda [default: cuda when available].")(fn)
+    return click.option("--device", type=Device(), default=None,
+                        help="cpu, cuda or cuda:N [default: cuda when available].")(fn)
 
 
 def emit(result, text: str, json_path: str | None) -> None:
@@ -41,11 +112,24 @@ def emit(result, text: str, json_path: str | None) -> None:
         click.echo(f"wrote {json_path}")
 
 
-class ToolGroup(click.Group):
-    """Reports invalid arguments found by the library (ValueError / TypeError) as one-line errors."""
+class _OneLineErrors:
+    """Reports what the library refuses (ValueError, TypeError), cannot read or write (OSError) or
+    cannot fit in memory as one line, without a traceback."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (ValueError, TypeError) as error:
+        except (ValueError, TypeError, OSError) as error:
             raise click.ClickException(str(error)) from error
+        except (MemoryError, RuntimeError) as error:  # torch's allocators raise RuntimeErrors
+            if not isinstance(error, MemoryError) and "allocate" not in str(error):
+                raise
+            raise click.ClickException(f"not enough memory: {' '.join(str(error).split())[:300]}") from error
+
+
+class ToolGroup(_OneLineErrors, click.Group):
+    """A command group whose subcommands report errors in one line."""
+
+
+class ToolCommand(_OneLineErrors, click.Command):
+    """A command that reports errors in one line."""

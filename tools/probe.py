@@ -10,12 +10,12 @@
     invariance   does a row of an output change with the rest of its batch (native, policy_mode)?
     fingerprint  fingerprints of the fixed, seeded suite, with the device record (--out F.json)
     compare      two fingerprint files side by side: which entries match bit for bit
+    collective   all_reduce / reduce_scatter in fresh process groups: which bits change, and with what
 
 Every subcommand prints a table; --json FILE also writes the result as JSON.
 """
 from __future__ import annotations
 
-import json
 import sys
 from contextlib import nullcontext
 from functools import partial
@@ -30,9 +30,10 @@ import torch.nn.functional as F
 import kernels
 import nets
 from kernels import GRANULARITIES, KERNEL_ACCUMULATES, KERNEL_PRECISIONS, MODES, ROLES
-from nets.suite import compare_suites, run_suite
+from nets.suite import compare_suites, load_suite, run_suite
 from nets.workloads import TrainingSetup, build_model, load_state_dict, net_options, repeat_training, training_batch
 from probes import describe_device, device_info, symmetry_perturbation
+from probes import collective as collectives
 from probes.audit import audit as run_audit
 from probes.device import device_rows, device_summary
 from probes.invariance import OPS as INVARIANCE_OPS
@@ -43,7 +44,7 @@ from probes.repeat import repeat_op
 from probes.reveal import TARGETS, reveal_runs
 from probes.symmetry import model_symmetry, state_dict_symmetry
 from probes.table import format_table
-from tools.options import CommaList, ToolGroup, device_option, emit, json_option
+from tools.options import CommaList, IntList, OutputPath, ToolGroup, device_option, emit, json_option
 
 
 def reduction_options(fn):
@@ -78,8 +79,8 @@ def setup_options(fn):
         click.option("--net", type=click.Choice(sorted(nets.NETWORKS)), default="constnet", show_default=True),
         click.option("--net-option", "net_option", multiple=True,
                      help="KEY=VALUE for nets.build (repeatable; default for constnet: depth=7 widen=1 init=zero)"),
-        click.option("--batch", type=int, default=8, show_default=True),
-        click.option("--image-size", type=int, default=8, show_default=True),
+        click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True),
+        click.option("--image-size", type=click.IntRange(min=1), default=8, show_default=True),
         click.option("--data-seed", type=int, default=0, show_default=True, help="seeds weights and data"),
     ]
     for option in reversed(options):
@@ -110,7 +111,7 @@ def device(json_path):
               help="a saved state_dict (or a dict with 'model' / 'state_dict'); default: build --net fresh")
 @setup_options
 @click.option("--kind", type=click.Choice(["cosine", "pearson"]), default="cosine", show_default=True)
-@click.option("--max-rows", type=int, default=None, help="sample this many rows (seeded); default exact")
+@click.option("--max-rows", type=click.IntRange(min=2), default=None, help="rows to sample (seeded; default: all)")
 @click.option("--perturbation", is_flag=True,
               help="also run one training step (random batch) and report each layer's symmetry-breaking "
                    "perturbation of its output and output gradient; a checkpoint is loaded into --net")
@@ -146,7 +147,7 @@ def symmetry(checkpoint, net, net_option, batch, image_size, data_seed, kind, ma
 @click.option("--op", type=click.Choice(OPS), default=None, help="one op (default: a training run of --net)")
 @click.option("--shape", default=None, help="op shape: MxKxN (matmul) or NxCINxCOUTxSIZE[kK][sS][pP] (conv)")
 @click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="fp32", show_default=True, help="op input dtype")
-@click.option("--steps", type=int, default=1, show_default=True, help="training steps per run")
+@click.option("--steps", type=click.IntRange(min=1), default=1, show_default=True, help="training steps per run")
 @click.option("--runs", type=click.IntRange(min=2), default=2, show_default=True)
 @click.option("--replay/--no-replay", default=True, show_default=True,
               help="every run restarts splitk call numbers at 0 (off: calls continue across runs)")
@@ -188,8 +189,9 @@ def repeat(op, shape, dtype, steps, runs, replay, net, net_option, batch, image_
 @cli.command()
 @click.option("--k", "k", type=int, default=64, show_default=True, help="reduction length")
 @click.option("--target", type=click.Choice(TARGETS), default="kernels", show_default=True)
-@click.option("--calls", default="0", show_default=True, help="comma-separated splitk call numbers to replay")
-@click.option("--repeat", "repeats", type=int, default=2, show_default=True, help="reveals per call number")
+@click.option("--calls", type=IntList(), default="0", show_default=True,
+              help="comma-separated splitk call numbers to replay")
+@click.option("--repeat", "repeats", type=click.IntRange(min=1), default=2, show_default=True, help="reveals per call")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16", "fp64"]), default="fp32", show_default=True,
               help="operand dtype of the torch targets")
 @click.option("--assume-accumulate", type=click.Choice(["fp32", "fp16", "bf16", "fp64"]), default=None,
@@ -202,8 +204,7 @@ def reveal(k, target, calls, repeats, dtype, assume_accumulate, mode, splits, se
     """Recover the summation tree of a length-K reduction by masking (+M, -M and ones)."""
     device = device or kernels.default_device()
     reduction = make_reduction(mode, splits, seed, granularity, precision, accumulate)
-    call_numbers = [int(c) for c in calls.split(",") if c.strip()]
-    rows = reveal_runs(target, k, call_numbers, repeats, reduction, backend, dtype, assume_accumulate, device)
+    rows = reveal_runs(target, k, calls, repeats, reduction, backend, dtype, assume_accumulate, device)
     label = reduction.describe() if target == "kernels" else f"{target} {dtype}"
     trees = sorted({row["tree"] for row in rows})
     text = format_table(rows, [("call", "call"), ("run", "run"), ("consistent", "consistent"),
@@ -221,7 +222,7 @@ def reveal(k, target, calls, repeats, dtype, assume_accumulate, mode, splits, se
 @click.option("--accumulates", type=CommaList(KERNEL_ACCUMULATES), default="fp32", show_default=True)
 @click.option("--splits", type=int, default=8, show_default=True, help="chunks for splitk/atomic")
 @click.option("--granularity", type=click.Choice(GRANULARITIES), default="element", show_default=True)
-@click.option("--repeats", type=int, default=3, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="fp32", show_default=True)
 @click.option("--backend", type=click.Choice(kernels.BACKENDS), default="auto", show_default=True)
 @click.option("--data-seed", type=int, default=0, show_default=True)
@@ -295,8 +296,23 @@ def invariance(ops, net, net_option, batch, image_size, data_seed, modes, splits
     emit({"setup": setup.to_dict(), "splits": splits, "device": device_info(), "rows": rows}, text, json_path)
 
 
+@cli.command()
+@click.option("--backend", type=click.Choice(collectives.BACKENDS), default=None, help="[nccl with GPUs, else gloo]")
+@click.option("--world-sizes", default="2,3", show_default=True, help="ranks per process group")
+@click.option("--sizes", default="1000,100000", show_default=True, help="message lengths in elements")
+@click.option("--dtypes", type=CommaList(collectives.DTYPES), default="fp32,fp16", show_default=True)
+@click.option("--runs", type=int, default=2, show_default=True, help="fresh process groups per setting")
+@json_option
+def collective(backend, world_sizes, sizes, dtypes, runs, json_path):
+    """Sums of all_reduce / reduce_scatter bit for bit: runs, sizes, world sizes, dtypes, NCCL_ALGO/PROTO."""
+    record = collectives.collective_probe(backend, collectives.int_list(world_sizes, "--world-sizes"),
+                                          collectives.int_list(sizes, "--sizes"), dtypes, runs,
+                                          echo=lambda line: click.echo(line, err=True))
+    emit(record, collectives.collective_text(record), json_path)
+
+
 @cli.command(name="fingerprint")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="JSON file to write")
+@click.option("--out", "out_path", type=OutputPath(), required=True, help="JSON file to write")
 @device_option
 def fingerprint_command(out_path, device):
     """Fingerprints of the fixed, seeded suite (every op and mode, and short training runs)."""
@@ -315,7 +331,7 @@ def fingerprint_command(out_path, device):
 @json_option
 def compare_command(file_a, file_b, differing_only, json_path):
     """Which fingerprint entries of two files (from two GPUs, say) match bit for bit."""
-    a, b = (json.loads(Path(path).read_text()) for path in (file_a, file_b))
+    a, b = (load_suite(path) for path in (file_a, file_b))
     rows = compare_suites(a, b)
     summary_a, summary_b = device_summary(a.get("device", {})), device_summary(b.get("device", {}))
     devices = [{"field": key, "a": summary_a[key], "b": summary_b[key]} for key in summary_a]

@@ -19,11 +19,12 @@ if __name__ == "__main__" and not __package__:  # `python tools/NAME.py`: import
 import click
 
 from nets.experiments.report import report_text, write_report
+from tools.options import OutputPath
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--out", type=click.Path(file_okay=False),
+@click.option("--out", type=OutputPath(dir_okay=True),
               help="Where to write results.json, results.md and the plots [the PATH, when only one is given].")
 def main(paths, out) -> None:
     """Aggregate run directories (or results directories of runs) into results.json, results.md and plots."""

@@ -21,6 +21,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..files import read_json_object
 from ..training.rundir import CONFIG, SUMMARY, SYMMETRY
 from ..training.report import format_correlation
 from ..training.symmetry import summarised_forward
@@ -90,11 +91,6 @@ class RunResult:
         }
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from None
 
 
 def _forward_correlations(path: Path) -> list[dict]:
@@ -102,8 +98,13 @@ def _forward_correlations(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     records = []
-    for line in filter(str.strip, path.read_text().splitlines()):
-        record = json.loads(line)
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} line {number} is not valid JSON ({error})") from None
         records.append({"step": record["step"], "forward": list(summarised_forward(record).values())})
     return records
 
@@ -113,8 +114,8 @@ def load_run(path: str | Path) -> RunResult:
     path = Path(path)
     if not (path / CONFIG).is_file():
         raise ValueError(f"{path} is not a run directory: it has no {CONFIG}")
-    config = _read_json(path / CONFIG)
-    summary = _read_json(path / SUMMARY) if (path / SUMMARY).is_file() else None
+    config = read_json_object(path / CONFIG)
+    summary = read_json_object(path / SUMMARY) if (path / SUMMARY).is_file() else None
     return RunResult(path, config.get("options", config), summary, _forward_correlations(path / SYMMETRY))
 
 
@@ -132,7 +133,7 @@ def collect(paths) -> tuple[list[RunResult], list[tuple[Path, dict]]]:
         if not path.is_dir():
             raise ValueError(f"{path} is neither a run directory nor a results directory")
         if (path / MANIFEST).is_file():
-            manifests.append((path, _read_json(path / MANIFEST)))
+            manifests.append((path, read_json_object(path / MANIFEST)))
         found = sorted(child for child in path.iterdir() if (child / CONFIG).is_file())
         if not found and not (path / MANIFEST).is_file():
             raise ValueError(f"{path} holds no run directories (none of its subdirectories has {CONFIG})")

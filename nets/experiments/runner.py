@@ -90,17 +90,23 @@ def outcome_line(spec: RunSpec, out: Path, code: int, seconds: float) -> str:
             f"{seconds:.0f} s")
 
 
-def run_experiment(experiment: Experiment, out: Path, program: list[str], jobs: int = 1,
-                   timeout: float | None = None, echo: Callable[[str], None] = print) -> dict:
-    """Run the grid's unfinished runs into `out`, then write its report; returns the results."""
-    if jobs < 1:
-        raise ValueError(f"jobs={jobs} is not allowed; it must be >= 1")
+def start_grid(experiment: Experiment, out: Path, how: str, echo: Callable[[str], None] = print) -> list[RunSpec]:
+    """Check and record the grid in `out` (logs/, experiment.json); its runs still to do, run `how`."""
     check_manifest(experiment, out)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     write_json(out / MANIFEST, experiment.to_dict())
     pending = [spec for spec in experiment.runs if not (out / spec.name / SUMMARY).is_file()]
     echo(f"{experiment.title}: {len(experiment.runs) - len(pending)} of {len(experiment.runs)} runs done, "
-         f"{len(pending)} to run, {jobs} at a time")
+         f"{len(pending)} to run, {how}")
+    return pending
+
+
+def run_experiment(experiment: Experiment, out: Path, program: list[str], jobs: int = 1,
+                   timeout: float | None = None, echo: Callable[[str], None] = print) -> dict:
+    """Run the grid's unfinished runs into `out`, then write its report; returns the results."""
+    if jobs < 1:
+        raise ValueError(f"jobs={jobs} is not allowed; it must be >= 1")
+    pending = start_grid(experiment, out, f"{jobs} at a time", echo)
     env = thread_environment(jobs)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = [(spec, pool.submit(execute, spec, out, program, env, timeout)) for spec in pending]

@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 
 import kernels
-from kernels.aot import specialize
-from kernels.aot_variants import conv_call_variants, gemm_call_variants
+from kernels.aot_variants import conv_call_variants, gemm_call_variants, unique
 from kernels.conv_triton import ConvProblem
 
 from .workloads import INPUT_DTYPES, NUM_CLASSES, Plan
@@ -52,19 +51,6 @@ def _network_variants(plan: Plan, policies) -> list:
     return variants
 
 
-def _unique(variants: list) -> list:
-    """Variants that compile to different code (same kernel, specialization, constexprs and launch options)."""
-    seen, unique = set(), []
-    for variant in variants:
-        signature, constexprs, attrs = specialize(variant)
-        key = (variant.kernel.__name__, repr(signature), repr(sorted(constexprs.items(), key=str)), repr(attrs),
-               variant.num_warps, variant.num_stages)
-        if key not in seen:
-            seen.add(key)
-            unique.append(variant)
-    return unique
-
-
 def part_variants(plan: Plan) -> dict[str, list]:
     """Part name -> the distinct kernel variants it launches; "compile" holds all of them."""
     from .bench import step_policies
@@ -82,8 +68,8 @@ def part_variants(plan: Plan) -> dict[str, list]:
     symmetry = _network_variants(plan, [kernels.Policy.uniform(plan.reduction(options["reduction"]))
                                         for options in SYMMETRY_RUNS.values() if options["reduction"] != "native"])
     parts = {"determinism": determinism, "gemm": gemm, "conv": conv, "step": step, "symmetry": symmetry}
-    parts = {name: _unique(variants) for name, variants in parts.items()}
-    parts["compile"] = _unique([v for variants in parts.values() for v in variants])
+    parts = {name: unique(variants) for name, variants in parts.items()}
+    parts["compile"] = unique([v for variants in parts.values() for v in variants])
     return parts
 
 

@@ -27,6 +27,9 @@ INTERCEPTS = ("patch", "dispatch")
 RESUMABLE_OPTIONS = ("epochs", "steps")
 # numpy and torch take seeds below 2**32; the splitk order function works modulo 2**32
 SEED_LIMIT = 2**32
+# Beyond these a network takes hours just to build (depth; the deepest residual networks trained
+# have about 1000 layers) or cannot exist in memory (widen; --widen is the MLP's hidden units)
+LARGEST = {"depth": 1000, "widen": 2**16}
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,9 @@ def check_config(config: RunConfig) -> None:
                       ("steps", 1), ("log_every", 1), ("eval_batch_size", 1), ("noise_seed", 0), ("seed", 0),
                       ("lr", 0.0), ("momentum", 0.0), ("weight_decay", 0.0), ("lr_gamma", 0.0)):
         _at_least(name, getattr(config, name), low)
+    for name, high in LARGEST.items():
+        if getattr(config, name) > high:
+            raise ValueError(f"{flag(name)}={getattr(config, name)} is not allowed; it must be <= {high}")
     for name in ("dropout", "stem_dropout", "momentum"):
         if not 0.0 <= getattr(config, name) < 1.0:
             raise ValueError(f"{flag(name)}={getattr(config, name)} is not allowed; it must be in [0, 1)")

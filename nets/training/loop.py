@@ -71,6 +71,11 @@ class Training:
             self._setup()
         except (ValueError, TypeError, FileNotFoundError) as error:
             raise SetupError(str(error)) from None
+        except (MemoryError, RuntimeError) as error:  # torch's allocators raise RuntimeErrors
+            if not isinstance(error, MemoryError) and "allocate" not in str(error):
+                raise
+            raise SetupError("not enough memory for this network and data: choose a smaller --widen, --depth or "
+                             "--batch-size") from None
 
     def _setup(self) -> None:
         config = self.config
