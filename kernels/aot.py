@@ -2,10 +2,10 @@
 
     python -m kernels.aot [--arch 80 --arch 90] [--fast] [--only SUBSTRING] [--json]
 
-The variants come from kernels.aot_variants. Their example arguments are specialized the way
-Triton's launcher specializes a real call (pointers 16-byte aligned, ints equal to 1 become
-constants, ints divisible by 16 carry that divisibility, unless the parameter is marked
-do_not_specialize), so the compiled code is the code a GPU would run for such a call.
+The variants come from kernels.aot_variants. Their example arguments go through Triton's own
+launch binder (pointers 16-byte aligned, ints equal to 1 become constants, ints divisible by 16
+carry that divisibility, unless the parameter is marked do_not_specialize), so the compiled code
+is the code a GPU would run for such a call, stored under the cache key that call looks up.
 
 Each report gives the registers per thread and spill stores from `ptxas -v` on the kernel's PTX,
 the shared memory Triton allocates, the matrix instruction family found in the PTX ("wgmma":
@@ -56,33 +56,41 @@ class CompileReport:
     representative: bool = False
 
 
-def specialize(variant: KernelVariant) -> tuple[dict, dict, dict]:
-    """(signature, constexprs, attrs) for triton.compile, as the launcher would derive them."""
+def _example_arguments(variant: KernelVariant) -> dict:
+    """The variant's call arguments: a meta tensor (address 0, so 16-byte aligned) per pointer."""
+    import torch
+
+    from .aot_variants import POINTER_TYPES
+
+    dtypes = {name: dtype for dtype, name in POINTER_TYPES.items()}
+    arguments = {name: torch.empty(0, dtype=dtypes[value[1:]], device="meta") if isinstance(value, str) else value
+                 for name, value in variant.args.items()}
+    return {**arguments, **variant.constexprs}
+
+
+def launch_specialization(variant: KernelVariant, arch: int = 90) -> tuple[dict, dict, dict, dict]:
+    """(signature, constexprs, attrs, options) for triton.compile, derived by Triton's own launch
+    binder from the variant's arguments, exactly as a launch of such a call derives them; so a
+    variant compiled here lands in the cache entry that launch looks up (Triton 3.6 and 3.8)."""
+    from triton import knobs
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
     kernel = variant.kernel
-    params = {param.name: param for param in kernel.params}
-    signature, constexprs, attrs = {}, {}, {}
-    for index, name in enumerate(kernel.arg_names):
-        if name in variant.constexprs:
-            signature[name] = "constexpr"
-            constexprs[name] = variant.constexprs[name]
-            continue
-        if name not in variant.args:
-            raise ValueError(f"variant {variant.name!r}: no example value for argument {name!r}")
-        value = variant.args[name]
-        if isinstance(value, str):
-            signature[name] = value
-            attrs[(index,)] = [["tt.divisibility", 16]]
-            continue
-        if params[name].do_not_specialize:
-            signature[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
-        elif value == 1:
-            signature[name] = "constexpr"
-            constexprs[name] = 1
-        else:
-            signature[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
-            if value % 16 == 0:
-                attrs[(index,)] = [["tt.divisibility", 16]]
-    return signature, constexprs, attrs
+    backend = make_backend(GPUTarget("cuda", arch, WARP_SIZE))
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    kwargs = {**_example_arguments(variant), "num_warps": variant.num_warps, "num_stages": variant.num_stages,
+              **({"maxnreg": variant.maxnreg} if variant.maxnreg else {}), "debug": kernel.debug or knobs.runtime.debug,
+              "instrumentation_mode": knobs.compilation.instrumentation_mode}
+    bound, specialization, options = binder(**kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
+    return signature, constexprs, attrs, options.__dict__
+
+
+def specialize(variant: KernelVariant, arch: int = 90) -> tuple[dict, dict, dict]:
+    """(signature, constexprs, attrs) of launch_specialization."""
+    return launch_specialization(variant, arch)[:3]
 
 
 def _ptxas_usage(ptx: str, arch: int) -> tuple[int, int]:
@@ -129,12 +137,9 @@ def compile_variant(variant: KernelVariant, arch: int) -> CompileReport:
     from triton.compiler import ASTSource
 
     start = time.perf_counter()
-    signature, constexprs, attrs = specialize(variant)
+    signature, constexprs, attrs, options = launch_specialization(variant, arch)
     source = ASTSource(fn=variant.kernel, signature=signature, constexprs=constexprs, attrs=attrs)
-    compiled = triton.compile(
-        source, target=GPUTarget("cuda", arch, WARP_SIZE),
-        options={"num_warps": variant.num_warps, "num_stages": variant.num_stages},
-    )
+    compiled = triton.compile(source, target=GPUTarget("cuda", arch, WARP_SIZE), options=options)
     ptx = compiled.asm["ptx"]
     registers, spills = _ptxas_usage(ptx, arch)
     return CompileReport(

@@ -62,6 +62,7 @@ class KernelVariant:
     num_warps: int
     num_stages: int
     representative: bool = False
+    maxnreg: int | None = None
 
 
 def variant_of(launch: Launch, name: str, representative: bool = False) -> KernelVariant:
@@ -74,7 +75,8 @@ def variant_of(launch: Launch, name: str, representative: bool = False) -> Kerne
             args[key] = f"*{POINTER_TYPES[value.dtype]}"
         else:
             args[key] = value
-    return KernelVariant(name, launch.kernel, args, constexprs, launch.num_warps, launch.num_stages, representative)
+    return KernelVariant(name, launch.kernel, args, constexprs, launch.num_warps, launch.num_stages, representative,
+                         launch.maxnreg)
 
 
 def _describe(launch: Launch, label: str) -> str:
@@ -177,15 +179,13 @@ def conv_variants() -> list[KernelVariant]:
 
 
 def unique(variants: list[KernelVariant]) -> list[KernelVariant]:
-    """The first of each set of variants that compile to the same code; kernels.aot.specialize
-    gives the signature and specialization a launch would compile."""
-    from .aot import specialize
+    """The first of each set of variants that compile to the same code (the same specialization
+    and options, kernels.aot.launch_specialization)."""
+    from .aot import launch_specialization
 
     seen, kept = set(), []
     for variant in variants:
-        signature, constexprs, attrs = specialize(variant)
-        key = (variant.kernel.fn.__qualname__, repr(signature), repr(sorted(constexprs.items(), key=str)),
-               repr(sorted(attrs.items())), variant.num_warps, variant.num_stages)
+        key = (variant.kernel.fn.__qualname__, *(repr(part) for part in launch_specialization(variant)))
         if key not in seen:
             seen.add(key)
             kept.append(variant)

@@ -299,7 +299,7 @@ def launch(role: str, problem: ConvProblem, operands: dict, reduction: Reduction
     arguments = {**pointers, "target_ptr": tensor,
                  **kernel_arguments(role, problem, strides, reduction.splits, split_stride, mn_view.stride()[-4:])}
     constexprs = kernel_constexprs(role, problem, reduction.precision, reduction.accumulate, kind, config)
-    Launch(conv_kernel, grid, arguments, constexprs, config.num_warps, config.num_stages).run()
+    Launch(conv_kernel, grid, arguments, constexprs, config.num_warps, config.num_stages, config.maxnreg).run()
     if kind == "direct":
         return result
     matrix = finish_target(target, reduction, key, out_dtype)

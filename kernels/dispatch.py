@@ -75,11 +75,18 @@ def _plan(func) -> str | None:
         plan = ROUTES.get(func) or (COUNT if func.overloadpacket in UNROUTED else None)
         entry = _PLANS[id(func)] = (func, plan)
     return entry[1]
+
+
 FALL_THROUGH = object()  # a route's answer when torch should run the op itself
 
 
 def _called_by_kernels() -> bool:
-    """True when the op was called by code of this package (a patched layer, kernels.matmul, ...)."""
+    """True when the op was called by code of this package: the chunk products of a patched
+    layer or of kernels.matmul are aten GEMMs too, and follow their own policy already.
+
+    The caller is the first frame outside torch above the mode's handler; an op run by torch's
+    autograd engine has the code that called backward() there.
+    """
     frame = sys._getframe(2)
     while frame is not None:
         module = frame.f_globals.get("__name__", "")

@@ -9,8 +9,8 @@ and computes either one transposed when that gives its result a better layout
 (second @ grad^T, grad^T @ first). The node saved both operands of the forward op; the GEMM's
 operand that is one of them (the same memory seen through the same sizes and strides, up to a
 transpose) says the role, and which side it stands on says whether the product is transposed.
-When an operand matches both saved inputs (x @ x^T), the reduction length decides, if the two
-roles' lengths differ; otherwise the role is unknown.
+When an operand matches both saved inputs (x @ x^T: both roles then have the same shape and
+reduction length), or neither (saved tensors replaced by hooks), the role is unknown.
 """
 from __future__ import annotations
 
@@ -35,13 +35,6 @@ def _same_view(operand: torch.Tensor, saved) -> bool:
     )
 
 
-def _saved(node, name: str):
-    try:
-        return getattr(node, name)
-    except RuntimeError:  # freed after an earlier backward pass
-        return None
-
-
 def backward_gemm_role(node, a: torch.Tensor, b: torch.Tensor) -> tuple[str, str, bool] | None:
     """(forward op, role, transposed) of the GEMM a @ b run inside backward `node`, or None.
 
@@ -52,16 +45,11 @@ def backward_gemm_role(node, a: torch.Tensor, b: torch.Tensor) -> tuple[str, str
     if entry is None:
         return None
     op, first_name, second_name = entry
-    first, second = _saved(node, first_name), _saved(node, second_name)
+    first, second = getattr(node, first_name, None), getattr(node, second_name, None)
     # (role, saved operand, the side it stands on in the role's own orientation)
     sides = (("input_grad", second, 1), ("weight_grad", first, 0))
     found = {(role, side != home) for role, saved, home in sides
              for side, operand in enumerate((a, b)) if _same_view(operand, saved)}
-    if len(found) > 1:
-        lengths = {"input_grad": second.shape[-1], "weight_grad": first.shape[-2]}
-        found = {(role, transposed) for role, transposed in found if lengths[role] == a.shape[-1]}
-        if lengths["input_grad"] == lengths["weight_grad"]:
-            found = set()
     if len(found) != 1:
         return None
     role, transposed = found.pop()

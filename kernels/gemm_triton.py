@@ -161,5 +161,5 @@ def gemm(a: torch.Tensor, b: torch.Tensor, reduction: Reduction, key: int, out_d
     }
     constexprs = {"PRECISION": reduction.precision, "ACCUMULATE": reduction.accumulate, "TARGET": kind,
                   **config.constexprs()}
-    Launch(gemm_kernel, grid, arguments, constexprs, config.num_warps, config.num_stages).run()
+    Launch(gemm_kernel, grid, arguments, constexprs, config.num_warps, config.num_stages, config.maxnreg).run()
     return finish_target(target, reduction, key, out_dtype)

@@ -204,6 +204,10 @@ TARGET_PROGRAMS = 132
 # Shared memory the operand pipeline may take: below sm_80's 163 KiB per block, with room for
 # the epilogue.
 PIPELINE_BYTES = 144 * 1024
+# Registers a thread may use (PTX .maxnreg). Without it, the ptxas of triton 3.6 caps some conv
+# tiles at 80, 96 or 128 registers for occupancy and spills a few bytes; with it no variant
+# spills (python -m kernels.aot), and registers change speed, never results.
+MAX_REGISTERS = 255
 
 
 @dataclass(frozen=True)
@@ -216,6 +220,7 @@ class LaunchConfig:
     num_warps: int
     num_stages: int = GPU_STAGES
     group_m: int = GROUP_M
+    maxnreg: int | None = MAX_REGISTERS
 
     def constexprs(self) -> dict:
         return {"BLOCK_M": self.block_m, "BLOCK_N": self.block_n, "BLOCK_K": self.block_k, "GROUP_M": self.group_m}
@@ -223,7 +228,8 @@ class LaunchConfig:
 
 # One small config under the interpreter, with several tiles per test shape so that tile edges
 # and grouping are exercised.
-INTERPRETER_CONFIG = LaunchConfig(block_m=32, block_n=32, block_k=32, num_warps=4, num_stages=1, group_m=2)
+INTERPRETER_CONFIG = LaunchConfig(block_m=32, block_n=32, block_k=32, num_warps=4, num_stages=1, group_m=2,
+                                  maxnreg=None)
 
 
 def pick_tile(tiles, m: int, n: int, splits: int) -> tuple:
@@ -253,6 +259,12 @@ class Launch:
     constexprs: dict = field(default_factory=dict)
     num_warps: int = 4
     num_stages: int = 1
+    maxnreg: int | None = None
+
+    def options(self) -> dict:
+        """The compile options of this launch (what Triton's launcher takes besides arguments)."""
+        return {"num_warps": self.num_warps, "num_stages": self.num_stages,
+                **({"maxnreg": self.maxnreg} if self.maxnreg else {})}
 
     def run(self) -> None:
         """Launch the kernel, or record this launch inside `recording()`."""
@@ -260,7 +272,7 @@ class Launch:
         if recorder is not None:
             recorder.append(self)
             return
-        self.kernel[self.grid](**self.args, **self.constexprs, num_warps=self.num_warps, num_stages=self.num_stages)
+        self.kernel[self.grid](**self.args, **self.constexprs, **self.options())
 
 
 @contextmanager

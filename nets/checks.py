@@ -9,6 +9,12 @@ import inspect
 from typing import Callable, Mapping
 
 
+def out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is an allocation failure: a MemoryError, or the RuntimeError of torch's CPU
+    and CUDA allocators ("can't allocate memory", "Tried to allocate")."""
+    return isinstance(error, MemoryError) or (isinstance(error, RuntimeError) and "allocate" in str(error))
+
+
 def check_int(name: str, value, minimum: int = 1) -> int:
     """An int (not a bool) that is at least `minimum`."""
     if isinstance(value, bool) or not isinstance(value, int):

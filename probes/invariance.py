@@ -9,11 +9,11 @@ outputs of a few checked rows bit for bit (and in ULPs):
 
 Each evaluation runs under `context()` (e.g. `lambda: kernels.policy_mode(policy)`; nothing by
 default, i.e. torch's own kernels) and under a fresh kernels call counter, so a seeded splitk
-order replays its call numbers. When fn is a torch module, the output of each of its leaf
-modules whose first dimension is the batch is recorded too, and the first leaf module (in the
-order the reference pass runs them) where a checked row differs is named. Fresh rows are drawn
-from a seeded generator: normal with x's mean and standard deviation for floating x, uniform
-over x's range for integer x (token ids).
+order replays its call numbers. When fn is a torch module, the output of each submodule whose
+first dimension is the batch is recorded too, and the first one (in the order the modules
+finish in the reference pass) where a checked row differs is named, even when the difference
+does not reach the output. Fresh rows are drawn from a seeded generator: normal with x's mean
+and standard deviation for floating x, uniform over x's range for integer x (token ids).
 
 `OPS` are seeded single ops built from torch functions (what the policy mode intercepts):
 their batch dimension becomes M of a GEMM (linear, matmul), N of a convolution's GEMM, or the
@@ -39,7 +39,8 @@ def _first_tensor(value):
 
 
 def _evaluate(fn, x: torch.Tensor, context) -> tuple[torch.Tensor, list]:
-    """fn(x) and [(leaf module name, its output)] for leaves whose output has x's batch first."""
+    """fn(x) and [(module name, its output)], in the order modules finish, for the submodules whose
+    output has x's batch first."""
     import kernels
 
     leaves = []
@@ -51,8 +52,7 @@ def _evaluate(fn, x: torch.Tensor, context) -> tuple[torch.Tensor, list]:
                 if out is not None and out.dim() > 0 and out.shape[0] == x.shape[0]:
                     leaves.append((name, out.detach().clone()))
             return hook
-        handles = [module.register_forward_hook(record(name)) for name, module in fn.named_modules()
-                   if not any(True for _ in module.children())]
+        handles = [module.register_forward_hook(record(name)) for name, module in fn.named_modules() if name]
     try:
         with torch.no_grad(), context(), kernels.counting():
             out = fn(x).detach().clone()
@@ -128,7 +128,7 @@ def batch_invariance(fn, x: torch.Tensor, *, context=nullcontext, rows=None, siz
         checked = [row for row in rows if row < variant.shape[0]]
         differ, max_ulp = _row_differences(ref, out, checked)
         checks.append({"check": check, "rows_checked": len(checked), "rows_differ": differ, "max_ulp": max_ulp,
-                       "first_layer": _first_layer(ref_leaves, leaves, checked) if differ else None})
+                       "first_layer": _first_layer(ref_leaves, leaves, checked)})
     return {"batch": batch, "rows": rows,
             "deterministic": checks[0]["rows_differ"] == 0,
             "invariant": all(c["rows_differ"] == 0 for c in checks[1:]),

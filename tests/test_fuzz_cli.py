@@ -102,15 +102,13 @@ REPORT = [
     ["<run_bad_symmetry>"], ["<empty>", "<empty>"], ["<run_bad_summary>", "--out", "<file>"],
     ["<run_bad_summary>", "--out", "<file>/sub"],
 ]
-# (tool, the full argument list)
-CASES = [
-    *[("run", [*BASE["run"], *args]) for args in RUN],
-    *[("run", [*BASE["run"][:-2], *args]) for args in RUN_CONTROL],
-    *[("probe", args) for args in PROBE],
-    *[("bench", [*BASE["bench"], *args]) for args in BENCH], ("bench", ["x"]),
-    *[("experiment", [*BASE["experiment"], *args]) for args in EXPERIMENT], ("experiment", ["x"]),
-    *[("report", args) for args in REPORT],
-]
+# (tool, the full argument list, the malformed option: the last one given)
+CASES = [(tool, [*base, *args], next((arg for arg in reversed(args) if arg.startswith("--")), None))
+         for tool, base, cases in [("run", BASE["run"], RUN), ("run", BASE["run"][:-2], RUN_CONTROL),
+                                   ("probe", [], PROBE), ("bench", BASE["bench"], BENCH), ("bench", [], [["x"]]),
+                                   ("experiment", BASE["experiment"], EXPERIMENT), ("experiment", [], [["x"]]),
+                                   ("report", [], REPORT)]
+         for args in cases]
 # Options whose refusal may name the file, or the faulty part of the value, rather than the option.
 NAMES_THE_VALUE = ("--out", "--json", "--checkpoint", "--data-dir", "--resume", "--init", "--net-option", "--shape")
 
@@ -158,11 +156,10 @@ def assert_refused(output: str, exit_code: int, exception: BaseException | None)
     assert len(errors) == 1 and len(errors[0]) > len("Error: "), output
 
 
-@pytest.mark.parametrize("tool, args", CASES, ids=[f"{tool} {' '.join(args)}" for tool, args in CASES])
-def test_malformed_input_is_one_line(tool, args, files):
+@pytest.mark.parametrize("tool, args, option", CASES, ids=[f"{tool} {' '.join(args)}" for tool, args, _ in CASES])
+def test_malformed_input_is_one_line(tool, args, option, files):
     result = CliRunner().invoke(PROGRAMS[tool], fill(args, files))
     assert_refused(result.output, result.exit_code, result.exception)
-    option = next((arg for arg in reversed(args) if arg.startswith("--") and arg not in BASE.get(tool, [])), None)
     if option is not None and option not in NAMES_THE_VALUE:
         assert option in result.output or option.lstrip("-") in result.output, result.output
 
@@ -179,7 +176,7 @@ def test_several_malformed_run_options_at_once(picks, tmp_path_factory):
 @fuzz(1)
 @given(data=st.data())
 def test_malformed_input_in_a_real_process(tool, data, files):
-    args = data.draw(st.sampled_from([case for name, case in CASES if name == tool]))
+    args = data.draw(st.sampled_from([args for name, args, _ in CASES if name == tool]))
     result = subprocess.run([sys.executable, str(ROOT / "tools" / f"{tool}.py"), *fill(args, files)],
                             capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert_refused(result.stdout + result.stderr, result.returncode, None)

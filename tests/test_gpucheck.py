@@ -43,6 +43,7 @@ def test_dry_run_lists_parts_variants_and_time():
     assert "estimated total" in out and "budget 450 s" in out
 
 
+@pytest.mark.slow
 def test_tiny_plan_runs_every_part_on_cpu(tmp_path):
     result = gpucheck("--plan", "tiny", "--budget", "800", "--out", str(tmp_path), "--parts", ",".join(CPU_PARTS))
     assert result.returncode == 0, result.stderr[-3000:]

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 
 import kernels
 import nets
+from nets.training.config import build_config
+from nets.training.models import build_model
 from nets.transformer import Transformer, sinusoidal_positions
 
 
@@ -67,3 +69,13 @@ def test_training_under_the_mode_replays_fixed_and_seeded_orders():
     assert torch.equal(seeded, train(kernels.Reduction("splitk", splits=3, seed=5)))
     assert not torch.equal(seeded, train(kernels.Reduction("splitk", splits=3, seed=6)))
     assert torch.isfinite(train(kernels.Reduction("atomic", splits=3))).all()
+
+
+def test_run_options_build_the_transformer():
+    digits = (1, (8, 8), 10)
+    model = build_model(build_config("quick", {"net": "transformer", "depth": 1}), *digits)
+    assert isinstance(model, Transformer) and len(model.encoder.layers) == 1 and model.head.in_features == 32
+    with pytest.raises(ValueError, match="--init='zero' is not allowed for --net transformer"):
+        build_model(build_config("quick", {"net": "transformer", "init": "zero"}), *digits)
+    with pytest.raises(ValueError, match="--stem-dropout"):
+        build_model(build_config("quick", {"net": "transformer", "stem_dropout": 0.1}), *digits)

@@ -3,6 +3,7 @@
     python tools/bench.py                         # GEMM, default shapes for this machine
     python tools/bench.py gemm --shapes gpu --precisions fp16,bf16 --json gemm.json
     python tools/bench.py conv --shapes cpu       # ConstNet conv layers: forward, dgrad, wgrad
+    python tools/bench.py allreduce               # DDP steps: fixed/splitk all-reduce vs native
 
 The table gives, per case x mode x precision, the median time of our kernel and of torch, TFLOP/s
 of both and their ratio (probes.timing says how each is measured and what the shape presets
@@ -22,8 +23,10 @@ if __name__ == "__main__" and not __package__:  # `python tools/NAME.py`: import
 import click
 import torch
 
+import nets
 from kernels import BACKENDS, KERNEL_ACCUMULATES, KERNEL_PRECISIONS, MODES, default_device, resolve_backend
 from nets.files import write_json
+from probes.collective import allreduce_timing
 from probes.device import describe_device, device_info
 from probes.table import format_table
 from probes.timing import GEMM_SHAPES, Row, conv_cases, gemm_cases, run_cases
@@ -95,13 +98,42 @@ def run_benchmark(kind, shapes, modes, precisions, accumulate, splits, backend, 
         click.echo(f"wrote {json_path}", err=True)
 
 
+# --shapes preset -> the ConstNet (depth, widen) whose gradient the allreduce benchmark reduces
+ALLREDUCE_NETS = {"gpu": (16, 10), "cpu": (16, 10), "quick": (10, 1), "tiny": (7, 1)}
+
+
+def run_allreduce_benchmark(shapes, modes, device_name, warmup, repeats, json_path, **kernel_options):
+    """Seconds per DDP step of ConstNet's gradient, native all-reduce vs the ordered modes: gloo with 2
+    ranks on CPU, NCCL with one rank per GPU (the kernel options do not apply)."""
+    on_gpu = torch.device(device_name).type == "cuda" if device_name else default_device().type == "cuda"
+    depth, widen = ALLREDUCE_NETS[shapes or "gpu"]
+    net = nets.build("constnet", depth=depth, widen=widen)
+    ranks = max(2, torch.cuda.device_count()) if on_gpu else 2
+    ordered = [mode for mode in ("fixed", "splitk") if mode in modes]
+    click.echo(f"allreduce: ConstNet-{depth}-{widen}'s gradient, {ranks} ranks", err=True)
+    result = allreduce_timing([tuple(p.shape) for p in net.parameters()], ["native", *ordered], ranks,
+                              "nccl" if on_gpu else "gloo", warmup, repeats)
+    rows = [{"mode": mode, "median_ms": 1e3 * row["median_s"], "min_ms": 1e3 * row["min_s"],
+             "ratio": result["ratio_to_native"][mode]} for mode, row in result["modes"].items()]
+    click.echo(f"{result['parameters']} parameters on {describe_device(result['device'])}\n" + format_table(
+        rows, [("all-reduce", "mode"), ("median ms/step", "median_ms"), ("min ms", "min_ms"),
+               ("median / native", "ratio")]))
+    if json_path is not None:
+        write_json(json_path, result)
+
+
 @click.command(cls=ToolCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.argument("kind", type=click.Choice(["gemm", "conv"]), default="gemm", required=False)
+@click.argument("kind", type=click.Choice(["gemm", "conv", "allreduce"]), default="gemm", required=False)
 @bench_options
 def cli(kind, **options):
     """Benchmark KIND: kernels.matmul vs torch.matmul over modes x precisions x shapes (gemm, the
-    default), or kernels.conv2d vs torch conv2d on ConstNet's layers per role (conv)."""
-    run_benchmark(kind, **options)
+    default), kernels.conv2d vs torch conv2d on ConstNet's layers per role (conv), or DDP steps of
+    ConstNet's gradient with the fixed/splitk all-reduce vs native (allreduce; --shapes gpu/cpu:
+    ConstNet-16-10, 17.1M parameters)."""
+    if kind == "allreduce":
+        run_allreduce_benchmark(**options)
+    else:
+        run_benchmark(kind, **options)
 
 
 if __name__ == "__main__":

@@ -45,13 +45,16 @@ def _run_child(name: str, out: Path, plan: str, timeout: float, archs) -> tuple[
     start = time.perf_counter()
     with (out / PARTS_DIR / f"{name}.log").open("w", encoding="utf-8") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        status = "timed out"
         try:
             code = process.wait(timeout=timeout)
             status = "ok" if code == 0 else f"failed (exit {code})"
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            status = "timed out"
+            pass
+        finally:  # also when this command is stopped: no part outlives it
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
     return status, round(time.perf_counter() - start, 1)
 
 
@@ -93,7 +96,8 @@ def _dry_run(plan: str, selected: tuple, budget: float | None) -> None:
               help="Seconds the whole check may take (required unless --dry-run).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory for report.json, report.md and each part's rows and log (required unless --dry-run).")
-@click.option("--dry-run", is_flag=True, help="List the parts, the kernel variants each compiles and the estimated time.")
+@click.option("--dry-run", is_flag=True,
+              help="List the parts, the kernel variants each compiles and the estimated time.")
 @click.option("--parts", "selected", type=CommaList(PART_NAMES), default=",".join(PART_NAMES), show_default=True,
               help="Comma-separated parts to run, in the fixed order.")
 @click.option("--plan", type=click.Choice(sorted(PLANS)), default="gpu", show_default=True,
@@ -118,9 +122,11 @@ def main(budget, out, dry_run, selected, plan, archs, part):
         raise click.ClickException(f"--out {out}: cannot create the directory ({error.strerror})") from None
     for name in selected:
         (out / PARTS_DIR / f"{name}.jsonl").unlink(missing_ok=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # run the cleanup above
     start = time.perf_counter()
     run = {"command": " ".join(sys.argv), "plan": plan, "budget_s": budget, "started": _now()}
     outcomes: dict = {}
+    write_report(out, _report(out, run, outcomes))
     for item in PARTS:
         if item.name not in selected:
             continue

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from nets.checks import out_of_memory
 from nets.files import unwritable_reason, write_json
 from nets.training.numerics import resolve_device
 
@@ -121,8 +122,8 @@ class _OneLineErrors:
             return super().invoke(ctx)
         except (ValueError, TypeError, OSError) as error:
             raise click.ClickException(str(error)) from error
-        except (MemoryError, RuntimeError) as error:  # torch's allocators raise RuntimeErrors
-            if not isinstance(error, MemoryError) and "allocate" not in str(error):
+        except (MemoryError, RuntimeError) as error:
+            if not out_of_memory(error):
                 raise
             raise click.ClickException(f"not enough memory: {' '.join(str(error).split())[:300]}") from error
 

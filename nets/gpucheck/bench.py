@@ -49,7 +49,6 @@ def gemm_part(sink, device: torch.device, plan: Plan) -> None:
                   "cublas_tflops": round(2 * m * n * k / theirs["ms"] / 1e9, 2),
                   "time_ratio": round(ours["ms"] / theirs["ms"], 3),
                   "ours_max_rel_err": ours["error"], "cublas_max_rel_err": theirs["error"]})
-        del a, b, expected
 
 
 def _conv_inputs(shape, dtype, device, generator):

@@ -184,7 +184,7 @@ PARTS = (
     Part("gemm", "GEMM against cuBLAS", _bench(bench.gemm_part), 25, 60, 15),
     Part("conv", "ConstNet-16-10 conv layers against cuDNN", _bench(bench.conv_part), 60, 120, 20),
     Part("step", "one ConstNet-16-10 training step against native", _bench(bench.step_part), 15, 45, 10),
-    Part("symmetry", "zero-init ConstNet runs: when symmetry broke", symmetry_part, 60, 120, 30),
+    Part("symmetry", "zero-init ConstNet runs: when symmetry broke", symmetry_part, 90, 150, 30),
     Part("fingerprint", "fingerprint suite for cross-GPU compare", fingerprint_part, 15, 45, 10),
 )
 PART_NAMES = tuple(part.name for part in PARTS)

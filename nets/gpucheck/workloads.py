@@ -39,7 +39,7 @@ class Plan:
     square: int = 4096
     splits: int = 8
     repeats: int = 20
-    symmetry_steps: int = 200
+    symmetry_steps: int = 128
     capped: bool = True  # each part within its cap (nets.gpucheck.parts.PARTS); else only the budget
 
     def reduction(self, mode: str, precision: str = "fp32", accumulate: str = "fp32") -> kernels.Reduction:

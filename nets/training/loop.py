@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels import CallCounter, counting, patch, policy_mode
+from nets.checks import out_of_memory
 from nets.data import BatchLoader, load_dataset
 
 from . import symmetry
@@ -71,8 +72,8 @@ class Training:
             self._setup()
         except (ValueError, TypeError, FileNotFoundError) as error:
             raise SetupError(str(error)) from None
-        except (MemoryError, RuntimeError) as error:  # torch's allocators raise RuntimeErrors
-            if not isinstance(error, MemoryError) and "allocate" not in str(error):
+        except (MemoryError, RuntimeError) as error:
+            if not out_of_memory(error):
                 raise
             raise SetupError("not enough memory for this network and data: choose a smaller --widen, --depth or "
                              "--batch-size") from None
@@ -145,11 +146,8 @@ class Training:
 
     # -- the run ---------------------------------------------------------------------------
     def run(self, run_dir: RunDir, *, resume: bool = False, invocation: dict | None = None) -> RunOutcome:
-        """Train to the configured length (continuing the run in `run_dir` when `resume`).
-
-        A loss that turns non-finite stops the run (RunOutcome.stopped says why); a file that cannot
-        be written raises RunDirWriteError; both leave the last checkpoint as it was and say its step.
-        """
+        """Train to the configured length (continuing the run in `run_dir` when `resume`). A non-finite
+        loss (RunOutcome.stopped) or a failed write (RunDirWriteError) stops it, keeping its last checkpoint."""
         self.checkpoint_step, self.stopped = None, None
         try:
             return self._run(run_dir, resume, invocation)
