@@ -25,7 +25,7 @@ communication with the rest of the backward pass; on NCCL the work is stream-ord
 from __future__ import annotations
 
 import gc
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -35,6 +35,8 @@ from .order import MASK32, ORDER_TILE, call_key, chunk_order
 from .reduction import GRANULARITIES, SEED_LIMIT
 
 ALLREDUCE_MODES = ("native", "fixed", "splitk")
+# Below this many elements the compiled CPU pass costs more (a fixed ~15 ms a call) than torch's ops.
+COMPILED_MIN_ELEMENTS = 1 << 14
 
 
 @dataclass(frozen=True)
@@ -53,9 +55,6 @@ class AllReduce:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < SEED_LIMIT:
             raise ValueError(f"allreduce seed={self.seed!r} is not allowed; it must be an int in [0, 2**32)")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def order_indices(positions: torch.Tensor, granularity: str) -> torch.Tensor:
     """kernels.order's order index of each position of a (1, P) output."""
@@ -70,15 +69,15 @@ def ordered_mean(stack: torch.Tensor, spec: AllReduce, call: int = 0, start: int
     """Mean over dim 0 of (R, n) `stack`: rows added left to right in `spec`'s order, then / R.
 
     The n columns are positions start, start + 1, ... of the flat parameter vector; splitk orders
-    each by its position and `call`. CPU fp32/fp64 splitk sums take kernels.order_cpu's compiled
-    pass (the same order and additions, without materialising the orders).
+    each by its position and `call`. Long CPU fp32/fp64 splitk sums take kernels.order_cpu's
+    compiled pass (the same order and additions, without materialising the orders).
     """
     if spec.mode == "native":
         raise ValueError("allreduce mode 'native' has no order of its own; ordered_mean needs 'fixed' or 'splitk'")
     ranks, n = stack.shape
     if spec.mode == "splitk" and ranks > 1:
         key = call_key(spec.seed, call)
-        if stack.device.type == "cpu" and stack.dtype in order_cpu.SUMMABLE_DTYPES:
+        if stack.device.type == "cpu" and stack.dtype in order_cpu.SUMMABLE_DTYPES and n >= COMPILED_MIN_ELEMENTS:
             # an (n, 1) output whose first row is `start`: element e's order index is start + e
             summed = order_cpu.sum_in_order(stack.reshape(ranks, n, 1), key, spec.granularity, first_row=start)
             return summed.view(n).div_(ranks)

@@ -10,14 +10,15 @@ from __future__ import annotations
 import contextvars
 from contextlib import contextmanager
 
+from .checks import check_count
 from .order import call_key
 
 
 class CallCounter:
-    """Hands out consecutive call numbers."""
+    """Hands out consecutive call numbers, from `start` (an int >= 0)."""
 
     def __init__(self, start: int = 0):
-        self.next_call = int(start)
+        self.reset(start)
 
     def take(self) -> int:
         number = self.next_call
@@ -25,13 +26,17 @@ class CallCounter:
         return number
 
     def reset(self, start: int = 0) -> None:
-        self.next_call = int(start)
+        check_count("start", start)
+        self.next_call = start
 
     def state_dict(self) -> dict:
         return {"next_call": self.next_call}
 
     def load_state_dict(self, state: dict) -> None:
-        self.next_call = int(state["next_call"])
+        if not isinstance(state, dict) or "next_call" not in state:
+            raise TypeError(f"state must be a dict from CallCounter.state_dict(), got {type(state).__name__}")
+        check_count("state['next_call']", state["next_call"])
+        self.next_call = state["next_call"]
 
     def __repr__(self) -> str:
         return f"CallCounter(next_call={self.next_call})"

@@ -7,9 +7,10 @@ forward call, before any work, naming the role.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from .formats import FLOAT_INPUT_DTYPES
-from .reduction import KERNEL_PRECISIONS, ROLES, Policy, Reduction
+from .reduction import KERNEL_PRECISIONS, ROLES, Policy, Reduction, _plain_int
 
 TRITON_MAX_SPLITS = 65535  # the Triton kernels put chunks on grid axis 1, which CUDA caps at 65535
 
@@ -21,6 +22,25 @@ def check_float_tensor(name: str, x) -> None:
     if x.dtype not in FLOAT_INPUT_DTYPES:
         allowed = ", ".join(str(d).replace("torch.", "") for d in FLOAT_INPUT_DTYPES)
         raise TypeError(f"{name} has dtype {str(x.dtype).replace('torch.', '')}; allowed: {allowed}")
+
+
+def check_count(name: str, value) -> None:
+    """value must be a plain int >= 0 (a layer size, a call number)."""
+    _plain_int(name, value)
+    if value < 0:
+        raise ValueError(f"{name}={value} is not allowed; {name} must be >= 0")
+
+
+def check_flag(name: str, value) -> None:
+    """value must be True or False (a tensor or other object has no single truth value to take)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
+
+
+def check_module(name: str, value) -> None:
+    """value must be a torch.nn.Module."""
+    if not isinstance(value, nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module, got {type(value).__name__}")
 
 
 def check_reduction_on_backend(reduction: Reduction, backend: str, role: str) -> None:

@@ -1,102 +1,262 @@
-"""The three roles of a conv2d as explicit GEMM operands, run through the emulated GEMM.
+"""The three roles of a conv2d as the GEMMs kernels.conv specifies, emulated block by block.
 
-Each role materialises the (M, K) and (K, N) matrices that kernels.conv specifies (im2col of
-the input, the zero-inserted output gradient, ...) and hands them to kernels.gemm.run_gemm, so
-chunk boundaries, call numbering and the splitk order are exactly those of the GEMM. The
-operands always get the same memory layout (torch's CPU matmul may sum in another order for
-another layout), so the bits do not depend on the inputs' memory format. The Triton
-implicit-GEMM kernels compute the same matrices by address arithmetic instead.
+Chunk boundaries, operand rounding, partial dtypes, call numbering and the order in which chunk
+partials are added are exactly those of the GEMM (kernels.gemm_emulate, kernels.order_cpu); only
+how a chunk's partial is formed differs. On the CPU a role is a list of blocks of work, run in
+parallel on single-threaded workers (kernels.workers_emulate), and a finishing step:
+
+  one chunk (splits 1)  torch's own convolution (forward, transposed, weight-gradient), on runs
+                        of images; the weight gradient's runs are added in run order.
+  several chunks        the forward and the input gradient by runs of images: the run's
+                        operand (kernels.operands_emulate) times each chunk of the weights,
+                        the partials added in their order straight into the output; the
+                        weight gradient by pieces of each chunk's (image, pixel) range, the
+                        pieces of a chunk added in piece order, then the chunks in theirs.
+
+The order inside a chunk is free (it is the tensor cores' on a GPU); here it is fixed by run
+and piece sizes that depend on the shapes alone, so no bit depends on the thread count, and
+inputs are made contiguous first, so none depends on their memory format. torch's convolutions
+form a chunk only where they are plain sums of products (oneDNN's direct convolution in IEEE
+fp32, or the im2col path for fp64); otherwise the operands path is used. Off the CPU every role
+is the operand matrices times kernels.gemm_emulate. `gradients` runs both gradient roles of a
+backward pass on the workers at once.
 """
 from __future__ import annotations
+
+import bisect
+import math
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from .gemm import run_gemm
-from .geometry import conv_output_size
+from . import gemm_emulate
+from .calls import next_key
+from .formats import ACCUMULATE_DTYPES, round_operand
+from .operands_emulate import output_grad_taps, output_size, patch_matrix
+from .order import chunk_bounds
+from .order_cpu import BlockOrder, Placement, reduce_block
 from .reduction import Reduction
+from .workers_emulate import run_blocks
+
+# Multiply-adds a run or piece aims at: a torch convolution costs as much as millions of them
+# before it starts, a matmul far fewer; smaller pieces of work cost more than they save.
+CONV_BLOCK_PRODUCTS = 1 << 25
+GEMM_BLOCK_PRODUCTS = 1 << 23
+BLOCK_BYTES = 1 << 21  # the chunk partials of one run of images stay within one core's L2 cache
 
 
-def output_size(input_size, kernel_size, stride, padding) -> tuple[int, int]:
-    """(Ho, Wo) of a convolution without dilation."""
-    return tuple(map(conv_output_size, input_size, kernel_size, stride, padding))
+class _Role(NamedTuple):
+    blocks: list[Callable[[], None]]  # independent work, run in parallel
+    finish: Callable[[], torch.Tensor]  # then this gives the role's result
 
 
-def _taps(framed: torch.Tensor, kernel_size, out_size, step, flipped: bool) -> torch.Tensor:
-    """Rows (c, ky, kx), columns (b, oy, ox) of framed[c, b, r(ky) + oy*sh, r(kx) + ox*sw].
-
-    framed is (C, N, rows, cols); r(ky) = ky, or kh - 1 - ky when `flipped`. One strided copy per
-    tap: far faster than copying one 6-D strided view (or flipping one).
-    """
-    (kh, kw), (ho, wo), (sh, sw) = kernel_size, out_size, step
-    channels, batch = framed.shape[:2]
-    taps = framed.new_empty(channels, kh, kw, batch, ho, wo)
-    for ky in range(kh):
-        for kx in range(kw):
-            row, col = (kh - 1 - ky, kw - 1 - kx) if flipped else (ky, kx)
-            taps[:, ky, kx] = framed[:, :, row : row + (ho - 1) * sh + 1 : sh, col : col + (wo - 1) * sw + 1 : sw]
-    return taps.view(channels * kh * kw, batch * ho * wo)
+def _done(result: torch.Tensor) -> _Role:
+    return _Role([], lambda: result)
 
 
-def patch_matrix(x: torch.Tensor, kernel_size, stride, padding) -> torch.Tensor:
-    """im2col of x: (Cin*kh*kw, N*Ho*Wo), row ci*kh*kw + ky*kw + kx, column b*Ho*Wo + oy*Wo + ox.
-
-    Entry = x[b, ci, oy*sh - ph + ky, ox*sw - pw + kx] (zero outside the input).
-    """
-    (ph, pw) = padding
-    framed = F.pad(x, (pw, pw, ph, ph)).transpose(0, 1)
-    return _taps(framed, kernel_size, output_size(x.shape[2:], kernel_size, stride, padding), stride, flipped=False)
+def _run(*roles: _Role) -> list[torch.Tensor]:
+    run_blocks([block for role in roles for block in role.blocks])
+    return [role.finish() for role in roles]
 
 
-def output_grad_taps(grad_out: torch.Tensor, input_size, kernel_size, stride, padding) -> torch.Tensor:
-    """The (Cout*kh*kw, N*H*W) operand of the input gradient.
-
-    Row co*kh*kw + ky*kw + kx, column b*H*W + y*W + x holds grad_out[b, co, oy, ox] where
-    oy*sh - ph + ky = y and ox*sw - pw + kx = x, and an exact zero for taps that land on no
-    output position (between strided outputs or outside the output): the K index runs over all
-    taps, as in the implicit GEMM.
-    """
-    (h, w), (kh, kw), (sh, sw), (ph, pw) = input_size, kernel_size, stride, padding
-    n, cout, ho, wo = grad_out.shape
-    if (sh, sw) != (1, 1):
-        spread = grad_out.new_zeros(n, cout, (ho - 1) * sh + 1, (wo - 1) * sw + 1)
-        spread[:, :, ::sh, ::sw] = grad_out
-        grad_out = spread
-    # Row r of `framed` is output-grid row r - (kh - 1 - ph); input row y with tap ky reads
-    # row y + kh - 1 - ky. Negative pads crop rows no input position reads.
-    top, left = kh - 1 - ph, kw - 1 - pw
-    bottom = h + kh - 1 - grad_out.shape[2] - top
-    right = w + kw - 1 - grad_out.shape[3] - left
-    framed = F.pad(grad_out, (left, right, top, bottom)).transpose(0, 1)
-    return _taps(framed, kernel_size, input_size, (1, 1), flipped=True)
+def _torch_conv_applies(x: torch.Tensor, meets_zeros: torch.Tensor) -> bool:
+    """Whether torch's CPU convolution of x's dtype forms the one chunk's partial as specified:
+    a plain sum of exact products (oneDNN's direct convolution in IEEE fp32, or fp64), and
+    `meets_zeros`, the operand multiplied by the padding and inserted zeros of the GEMM, is
+    finite (torch skips those products, where 0 * inf would give NaN)."""
+    if x.dtype != torch.float64 and not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+                                         and torch.backends.mkldnn.conv.fp32_precision in ("none", "ieee")):
+        return False
+    return all(map(math.isfinite, torch.aminmax(meets_zeros)))  # NaN propagates into both
 
 
-def forward(x, w, stride, padding, reduction: Reduction, out_dtype) -> torch.Tensor:
-    """y[b, co, oy, ox] = C[co, b*Ho*Wo + oy*Wo + ox], C = W (Cout, Cin*kh*kw) @ im2col(x)."""
-    cout, cin, kh, kw = w.shape
-    cols = patch_matrix(x, (kh, kw), stride, padding)
-    out = run_gemm(w.reshape(cout, cin * kh * kw).contiguous(), cols, reduction, "emulate", out_dtype)
-    return _channels_first(out, x.shape[0], output_size(x.shape[2:], (kh, kw), stride, padding))
+def _runs(length: int, count: int) -> list[tuple[int, int]]:
+    """range(length) cut into `count` runs whose lengths differ by at most one."""
+    return [(i * length // count, (i + 1) * length // count) for i in range(count)]
 
 
-def input_grad(grad_out, w, input_size, stride, padding, reduction: Reduction, out_dtype) -> torch.Tensor:
-    """dx[b, ci, y, x] = C[ci, b*H*W + y*W + x], C = W^T (Cin, Cout*kh*kw) @ taps(grad_out)."""
-    cout, cin, kh, kw = w.shape
-    taps = output_grad_taps(grad_out, input_size, (kh, kw), stride, padding)
-    weight_t = w.transpose(0, 1).reshape(cin, cout * kh * kw).contiguous()
-    out = run_gemm(weight_t, taps, reduction, "emulate", out_dtype)
-    return _channels_first(out, grad_out.shape[0], input_size)
+def _image_runs(batch: int, per_image_products: int, per_image_bytes: int, products: int):
+    """Runs of images [b0, b1), as few as keep each under `products` multiply-adds and its
+    partials under BLOCK_BYTES: a function of the shapes alone."""
+    count = max(-(-batch * per_image_products // products), -(-batch * per_image_bytes // BLOCK_BYTES), 1)
+    return _runs(batch, min(batch, count))
 
 
-def weight_grad(x, grad_out, kernel_size, stride, padding, reduction: Reduction, out_dtype) -> torch.Tensor:
-    """dw[co, ci, ky, kx] = C[co, ci*kh*kw + ky*kw + kx], C = dY (Cout, N*Ho*Wo) @ im2col(x)^T."""
-    cols = patch_matrix(x, kernel_size, stride, padding)
-    cout = grad_out.shape[1]
-    grads = grad_out.transpose(0, 1).reshape(cout, cols.shape[1]).contiguous()
-    out = run_gemm(grads, cols.t(), reduction, "emulate", out_dtype)
-    return out.view(cout, x.shape[1], *kernel_size)
+def _whole(operand, conv, per_image_products: int, reduction: Reduction, out_dtype) -> _Role:
+    """One chunk: conv(images) on runs of images, concatenated."""
+    runs = _image_runs(operand.shape[0], per_image_products, 0, CONV_BLOCK_PRODUCTS)
+    results = [None] * len(runs)
+
+    def block(i, b0, b1):
+        results[i] = conv(operand[b0:b1])
+
+    def finish():
+        y = results[0] if len(results) == 1 else torch.cat(results)
+        return y.to(ACCUMULATE_DTYPES[reduction.accumulate]).to(out_dtype)
+
+    return _Role([lambda i=i, r=r: block(i, *r) for i, r in enumerate(runs)], finish)
+
+
+def _chunked(operand, weights, unfold, channels, pixels, reduction: Reduction, key, out_dtype) -> _Role:
+    """Several chunks: weights (channels, K) times unfold(images) (K, images * pixels) per run of
+    images, each run's partials added in order into the (batch, channels, pixels) result."""
+    batch, k = operand.shape[0], weights.shape[1]
+    out = torch.empty(batch, channels, pixels, dtype=out_dtype)
+    acc_dtype = ACCUMULATE_DTYPES[reduction.accumulate]
+    order = BlockOrder(reduction.splits, gemm_emulate.call_key(reduction, key), reduction.granularity, batch * pixels)
+    bounds = chunk_bounds(k, reduction.splits)
+
+    def block(b0, b1):
+        partials = _chunk_products(weights, unfold(operand[b0:b1]), bounds).view(-1, channels, b1 - b0, pixels)
+        reduce_block(partials.to(acc_dtype), out[b0:b1].transpose(0, 1), order,
+                     Placement((0, 1, 0, 0), (b0 * pixels, 0, pixels, 1)))
+
+    per_image = channels * pixels
+    runs = _image_runs(batch, per_image * k, 4 * len(bounds) * per_image, GEMM_BLOCK_PRODUCTS)
+    return _Role([lambda r=r: block(*r) for r in runs], lambda: out)
+
+
+def _forward(x, w, stride, padding, reduction: Reduction, out_dtype) -> _Role:
+    key = next_key(reduction)
+    batch, cin = x.shape[:2]
+    cout, _, kh, kw = w.shape
+    size = output_size(x.shape[2:], (kh, kw), stride, padding)
+    k = cin * kh * kw
+    if k == 0 or 0 in (batch, cout):
+        return _done(torch.zeros(batch, cout, *size, dtype=out_dtype, device=x.device))
+    x = round_operand(x, reduction.precision).contiguous()
+    w = round_operand(w, reduction.precision).contiguous()
+    if x.device.type != "cpu":
+        out = gemm_emulate.gemm(w.view(cout, k), patch_matrix(x, (kh, kw), stride, padding), reduction, key, out_dtype)
+        return _done(_channels_first(out, batch, size))
+    pixels = size[0] * size[1]
+    if reduction.splits == 1 and _torch_conv_applies(x, w):
+        return _whole(x, lambda images: F.conv2d(images, w, None, stride, padding), cout * k * pixels,
+                      reduction, out_dtype)
+    role = _chunked(x, w.view(cout, k), lambda images: patch_matrix(images, (kh, kw), stride, padding),
+                    cout, pixels, reduction, key, out_dtype)
+    return role._replace(finish=lambda: role.finish().view(batch, cout, *size))
+
+
+def _input_grad(grad_out, w, input_size, stride, padding, reduction: Reduction, out_dtype) -> _Role:
+    key = next_key(reduction)
+    batch, cout = grad_out.shape[:2]
+    _, cin, kh, kw = w.shape
+    k = cout * kh * kw
+    if k == 0 or 0 in (batch, cin):
+        return _done(torch.zeros(batch, cin, *input_size, dtype=out_dtype, device=grad_out.device))
+    grad_out = round_operand(grad_out, reduction.precision).contiguous()
+    w = round_operand(w, reduction.precision).contiguous()
+    weights_t = w.transpose(0, 1).reshape(cin, k)
+    if grad_out.device.type != "cpu":
+        taps = output_grad_taps(grad_out, input_size, (kh, kw), stride, padding)
+        return _done(_channels_first(gemm_emulate.gemm(weights_t, taps, reduction, key, out_dtype), batch, input_size))
+    pixels = input_size[0] * input_size[1]
+    if reduction.splits == 1 and _torch_conv_applies(grad_out, w):
+        # output_padding: the input rows and columns past the last output position's reach
+        extra = [size - ((n - 1) * s - 2 * p + kk) for size, n, s, p, kk in
+                 zip(input_size, grad_out.shape[2:], stride, padding, (kh, kw))]
+        return _whole(grad_out, lambda images: F.conv_transpose2d(images, w, None, stride, padding, extra),
+                      cin * k * pixels, reduction, out_dtype)
+    role = _chunked(grad_out, weights_t, lambda images: output_grad_taps(images, input_size, (kh, kw), stride, padding),
+                    cin, pixels, reduction, key, out_dtype)
+    return role._replace(finish=lambda: role.finish().view(batch, cin, *input_size))
+
+
+def _weight_grad(x, grad_out, kernel_size, stride, padding, reduction: Reduction, out_dtype) -> _Role:
+    key = next_key(reduction)
+    batch, cin = x.shape[:2]
+    cout, (kh, kw) = grad_out.shape[1], kernel_size
+    pixels, n = grad_out.shape[2] * grad_out.shape[3], cin * kh * kw
+    k = batch * pixels
+    if k == 0 or 0 in (cout, n):
+        return _done(torch.zeros(cout, cin, kh, kw, dtype=out_dtype, device=x.device))
+    x = round_operand(x, reduction.precision).contiguous()
+    grad_out = round_operand(grad_out, reduction.precision).contiguous()
+    grads = grad_out.transpose(0, 1).reshape(cout, k)
+    if x.device.type != "cpu":
+        cols = patch_matrix(x, kernel_size, stride, padding)
+        return _done(gemm_emulate.gemm(grads, cols.t(), reduction, key, out_dtype).view(cout, cin, kh, kw))
+    whole = reduction.splits == 1 and _torch_conv_applies(x, grad_out)
+    runs = _image_runs(batch, cout * n * pixels, 0, CONV_BLOCK_PRODUCTS if whole else GEMM_BLOCK_PRODUCTS)
+    starts = [b0 * pixels for b0, _ in runs]
+    pieces = _pieces(chunk_bounds(k, reduction.splits), starts[1:])
+    firsts = [bisect.bisect_left(pieces, (start,)) for start in starts] + [len(pieces)]
+    products = x.new_empty(len(pieces), cout, n)
+
+    def block(r, b0, b1):
+        if whole:  # one chunk, so the run is one piece
+            dw = torch.nn.grad.conv2d_weight(x[b0:b1], (cout, cin, kh, kw), grad_out[b0:b1], stride, padding)
+            products[firsts[r]] = dw.view(cout, n)
+            return
+        cols = patch_matrix(x[b0:b1], kernel_size, stride, padding)
+        for i in range(firsts[r], firsts[r + 1]):
+            lo, hi, _ = pieces[i]
+            torch.mm(grads[:, lo:hi], cols[:, lo - starts[r]: hi - starts[r]].t(), out=products[i])
+
+    def finish():
+        partials = products
+        if len(pieces) > reduction.splits:  # the pieces of a chunk added in piece order
+            partials = x.new_empty(reduction.splits, cout, n)
+            for i, (_, _, s) in enumerate(pieces):
+                if i == 0 or pieces[i - 1][2] != s:
+                    partials[s] = products[i]
+                else:
+                    partials[s] += products[i]
+        out = torch.empty(cout, cin, kh, kw, dtype=out_dtype)
+        order = BlockOrder(reduction.splits, gemm_emulate.call_key(reduction, key), reduction.granularity, n)
+        reduce_block(partials.to(ACCUMULATE_DTYPES[reduction.accumulate])[:, None], out.view(1, cout, n), order,
+                     Placement((0, 0, 1, 0), (0, 0, 0, 1)))
+        return out
+
+    return _Role([lambda r=r, run=run: block(r, *run) for r, run in enumerate(runs)], finish)
+
+
+def _pieces(bounds, cuts: list[int]) -> list[tuple[int, int, int]]:
+    """(lo, hi, chunk) of each piece: the chunks [lo, hi) cut at the sorted positions `cuts`."""
+    pieces = []
+    for s, (lo, hi) in enumerate(bounds):
+        ends = [lo, *cuts[bisect.bisect_right(cuts, lo):bisect.bisect_left(cuts, hi)], hi]
+        pieces += [(a, b, s) for a, b in zip(ends, ends[1:])]
+    return pieces
+
+
+def _chunk_products(a: torch.Tensor, b: torch.Tensor, bounds) -> torch.Tensor:
+    """(splits, M, N): a[:, lo:hi] @ b[lo:hi] for each chunk (lo, hi)."""
+    products = a.new_empty(len(bounds), a.shape[0], b.shape[1])
+    for s, (lo, hi) in enumerate(bounds):
+        torch.mm(a[:, lo:hi], b[lo:hi], out=products[s])
+    return products
 
 
 def _channels_first(out: torch.Tensor, batch: int, size) -> torch.Tensor:
     """(C, N*H*W) GEMM result laid out as a contiguous (N, C, H, W) tensor."""
     return out.view(out.shape[0], batch, *size).transpose(0, 1).contiguous()
+
+
+def forward(x, w, stride, padding, reduction: Reduction, out_dtype) -> torch.Tensor:
+    """y[b, co, oy, ox] = C[co, b*Ho*Wo + oy*Wo + ox], C = W (Cout, Cin*kh*kw) @ im2col(x)."""
+    return _run(_forward(x, w, stride, padding, reduction, out_dtype))[0]
+
+
+def input_grad(grad_out, w, input_size, stride, padding, reduction: Reduction, out_dtype) -> torch.Tensor:
+    """dx[b, ci, y, x] = C[ci, b*H*W + y*W + x], C = W^T (Cin, Cout*kh*kw) @ taps(grad_out)."""
+    return _run(_input_grad(grad_out, w, input_size, stride, padding, reduction, out_dtype))[0]
+
+
+def weight_grad(x, grad_out, kernel_size, stride, padding, reduction: Reduction, out_dtype) -> torch.Tensor:
+    """dw[co, ci, ky, kx] = C[co, ci*kh*kw + ky*kw + kx], C = dY (Cout, N*Ho*Wo) @ im2col(x)^T."""
+    return _run(_weight_grad(x, grad_out, kernel_size, stride, padding, reduction, out_dtype))[0]
+
+
+def gradients(x, w, grad_out, stride, padding, policy, need_input: bool, need_weight: bool):
+    """(input gradient or None, weight gradient or None) of one backward pass, their blocks run
+    on the workers together; call numbers are taken input gradient first, as by the two roles."""
+    roles = []
+    if need_input:
+        roles.append(_input_grad(grad_out, w, tuple(x.shape[2:]), stride, padding, policy.input_grad, x.dtype))
+    if need_weight:
+        roles.append(_weight_grad(x, grad_out, tuple(w.shape[2:]), stride, padding, policy.weight_grad, w.dtype))
+    results = iter(_run(*roles))
+    return (next(results) if need_input else None), (next(results) if need_weight else None)

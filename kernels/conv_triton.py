@@ -33,6 +33,7 @@ from .reduction import Reduction
 from .triton_launch import (
     INTERPRETED,
     INTERPRETER_CONFIG,
+    NATIVE_DTYPE,
     Launch,
     LaunchConfig,
     as_kernel_input,
@@ -223,14 +224,11 @@ TILES = {"fp16": TENSOR_CORE_TILES, "bf16": TENSOR_CORE_TILES, "tf32": TENSOR_CO
 BLOCK_K = 32
 
 
-NATIVE_DTYPE = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
 def conv_config(precision: str, dtypes, m: int, n: int, splits: int) -> LaunchConfig:
     """The GPU config of a role's GEMM on operands of `dtypes`: tiles by operand format and grid
     size, never by the GPU."""
     tiles = TILES[precision]
-    if precision in NATIVE_DTYPE and any(dtype != NATIVE_DTYPE[precision] for dtype in dtypes):
+    if precision in ("fp16", "bf16") and any(dtype != NATIVE_DTYPE[precision] for dtype in dtypes):
         tiles = tiles[1:]
     block_m, block_n, warps = pick_tile(tiles, m, n, splits)
     return LaunchConfig(block_m, block_n, BLOCK_K, warps)

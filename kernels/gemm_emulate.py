@@ -5,6 +5,12 @@ inside a Triton tile; chunk boundaries, operand rounding, partial-sum dtype and 
 which chunk partials are added follow kernels.order exactly, so emulate and Triton agree on
 everything but the order inside a chunk.
 
+On the CPU the output is cut into tiles whose shape depends on the problem alone; each tile's
+chunk products are single-threaded matmuls, its partials stay in cache and are added in their
+order at once (kernels.order_cpu), and the tiles run in parallel on kernels.workers_emulate.
+So the order inside a chunk is fixed too, by the tile shape, and no bit depends on the number
+of threads. Other devices form all partials at once and order them with torch.
+
 Atomic mode on this backend is emulated: chunk partials are added in a pseudo-random order
 drawn from OS entropy on every call (per element, tile or call as the granularity says), which
 models the arrival order of atomic adds; it is not reproducible, by design.
@@ -15,26 +21,24 @@ import secrets
 
 import torch
 
-from . import order_cpu
 from .formats import ACCUMULATE_DTYPES, add_rounded, round_operand
 from .order import chunk_bounds, chunk_order, order_index
+from .order_cpu import BlockOrder, Placement, reduce_block
 from .reduction import Reduction
+from .workers_emulate import run_blocks
+
+TILE_ROWS, TILE_COLS = 256, 512  # largest tile: enough tiles to share, b's column slice stays in cache
+TILE_BYTES = 1 << 21  # the chunk partials of one tile fit in one core's L2 cache
+TILE_MIN_PRODUCTS = 1 << 20  # a tile of fewer multiply-adds costs more to hand out than to compute
 
 
 def chunk_partials(a: torch.Tensor, b: torch.Tensor, reduction: Reduction) -> torch.Tensor:
     """Partial products of each K chunk, rounded to the accumulate dtype: (splits, M, N)."""
-    return _chunk_products(round_operand(a, reduction.precision), round_operand(b, reduction.precision), reduction)
-
-
-def _chunk_products(a: torch.Tensor, b: torch.Tensor, reduction: Reduction) -> torch.Tensor:
-    """chunk_partials of operands already rounded to the reduction's precision."""
+    a, b = round_operand(a, reduction.precision), round_operand(b, reduction.precision)
     acc_dtype = ACCUMULATE_DTYPES[reduction.accumulate]
     partials = torch.empty(reduction.splits, a.shape[0], b.shape[1], dtype=acc_dtype, device=a.device)
     for s, (lo, hi) in enumerate(chunk_bounds(a.shape[1], reduction.splits)):
-        if acc_dtype == a.dtype:
-            torch.matmul(a[:, lo:hi], b[lo:hi], out=partials[s])
-        else:
-            partials[s] = a[:, lo:hi] @ b[lo:hi]
+        partials[s] = a[:, lo:hi] @ b[lo:hi]
     return partials
 
 
@@ -46,34 +50,54 @@ def sum_in_order(partials: torch.Tensor) -> torch.Tensor:
     return total
 
 
-# Partials of one row block of the compiled CPU path: small enough to stay in cache (and to be
-# reused by the allocator instead of freshly mapped memory for every call).
-ROW_BLOCK_BYTES = 4 << 20
-
-
-def _splitk_on_cpu_in_row_blocks(a: torch.Tensor, b: torch.Tensor, reduction: Reduction, key: int) -> torch.Tensor:
-    """CPU splitk with fp32/fp64 partials: each row block's partials ordered and added in one compiled pass."""
-    m, n = a.shape[0], b.shape[1]
-    a = round_operand(a, reduction.precision)
-    b = round_operand(b, reduction.precision)
-    acc_dtype = ACCUMULATE_DTYPES[reduction.accumulate]
-    rows = max(1, ROW_BLOCK_BYTES // (reduction.splits * n * acc_dtype.itemsize))
-    out = torch.empty(m, n, dtype=acc_dtype)
-    for first in range(0, m, rows):
-        partials = _chunk_products(a[first:first + rows], b, reduction)
-        out[first:first + rows] = order_cpu.sum_in_order(partials, key, reduction.granularity, first_row=first)
-    return out
-
-
 def ordered_partials(partials: torch.Tensor, key: int, granularity: str) -> torch.Tensor:
     """The partials rearranged so that position 0 along dim 0 is added first."""
     splits, m, n = partials.shape
-    if partials.device.type == "cpu" and granularity != "call":
-        return order_cpu.gather_in_order(partials, key, granularity)
     order = chunk_order(key, order_index(m, n, granularity, partials.device), splits)
     if granularity == "call":
         return partials[order.view(-1)]
     return torch.gather(partials, 0, order)
+
+
+def call_key(reduction: Reduction, key: int) -> int | None:
+    """The key the call's order is drawn from: None for fixed, fresh OS entropy for atomic."""
+    if reduction.mode == "fixed" or reduction.splits == 1:
+        return None
+    return secrets.randbits(32) if reduction.mode == "atomic" else key
+
+
+def output_tiles(m: int, n: int, k: int, stored: int) -> list[tuple[int, int, int, int]]:
+    """(row, row end, column, column end) of each tile of an (m, n) output reducing over k.
+
+    A function of the shape alone (and of `stored`, the partials a tile holds at once), never
+    of the thread count.
+    """
+    cols = min(n, TILE_COLS)
+    rows = max(1, min(m, TILE_ROWS, TILE_BYTES // (4 * stored * cols)))
+    while rows * cols * k < TILE_MIN_PRODUCTS and (rows < m or cols < n):
+        rows, cols = (min(m, 2 * rows), cols) if rows < m else (rows, min(n, 2 * cols))
+    return [(r, min(r + rows, m), c, min(c + cols, n)) for r in range(0, m, rows) for c in range(0, n, cols)]
+
+
+def _cpu_gemm(a, b, reduction: Reduction, order: BlockOrder, out: torch.Tensor) -> None:
+    """The tiled CPU path: every tile's partials formed and added by one worker."""
+    (m, k), n = a.shape, b.shape[1]
+    bounds = chunk_bounds(k, reduction.splits)
+    acc_dtype = ACCUMULATE_DTYPES[reduction.accumulate]
+    direct = len(bounds) == 1 and out.dtype == acc_dtype == a.dtype
+
+    def tile(r0, r1, c0, c1):
+        if direct:
+            torch.mm(a[r0:r1], b[:, c0:c1], out=out[r0:r1, c0:c1])
+            return
+        partials = torch.empty(len(bounds), r1 - r0, c1 - c0, dtype=a.dtype)
+        for s, (lo, hi) in enumerate(bounds):
+            torch.mm(a[r0:r1, lo:hi], b[lo:hi, c0:c1], out=partials[s])
+        reduce_block(partials.to(acc_dtype)[:, None], out[None, r0:r1, c0:c1], order,
+                     Placement((r0, 0, 1, 0), (c0, 0, 0, 1)))
+
+    stored = 0 if direct else len(bounds) + (acc_dtype != a.dtype)
+    run_blocks([lambda t=t: tile(*t) for t in output_tiles(m, n, k, max(stored, 1))])
 
 
 def gemm(a: torch.Tensor, b: torch.Tensor, reduction: Reduction, key: int, out_dtype: torch.dtype):
@@ -82,13 +106,14 @@ def gemm(a: torch.Tensor, b: torch.Tensor, reduction: Reduction, key: int, out_d
     n = b.shape[1]
     if k == 0 or m == 0 or n == 0:
         return torch.zeros(m, n, dtype=out_dtype, device=a.device)
-    if reduction.splits == 1 or reduction.mode == "fixed":
-        return sum_in_order(chunk_partials(a, b, reduction)).to(out_dtype)
-    if reduction.mode == "atomic":
-        key = secrets.randbits(32)
-    fused = a.device.type == "cpu" and reduction.granularity != "call" and \
-        ACCUMULATE_DTYPES[reduction.accumulate] in order_cpu.SUMMABLE_DTYPES
-    if fused:
-        return _splitk_on_cpu_in_row_blocks(a, b, reduction, key).to(out_dtype)
-    partials = chunk_partials(a, b, reduction)
-    return sum_in_order(ordered_partials(partials, key, reduction.granularity)).to(out_dtype)
+    key = call_key(reduction, key)
+    if a.device.type != "cpu":
+        partials = chunk_partials(a, b, reduction)
+        if key is not None:
+            partials = ordered_partials(partials, key, reduction.granularity)
+        return sum_in_order(partials).to(out_dtype)
+    a = round_operand(a, reduction.precision).contiguous()
+    b = round_operand(b, reduction.precision).contiguous()
+    out = torch.empty(m, n, dtype=out_dtype)
+    _cpu_gemm(a, b, reduction, BlockOrder(reduction.splits, key, reduction.granularity, n), out)
+    return out

@@ -20,6 +20,7 @@ from .reduction import Reduction
 from .triton_launch import (
     INTERPRETED,
     INTERPRETER_CONFIG,
+    NATIVE_DTYPE,
     Launch,
     LaunchConfig,
     as_kernel_input,
@@ -119,8 +120,6 @@ TILES = ((128, 256), (128, 128), (64, 128), (64, 64))
 # tf32 (FMA, and tf32 mma steps of 8). Never by the input dtype, the shape or the GPU, so a
 # value's K order does not depend on how it was stored.
 BLOCK_K = {"fp16": 64, "bf16": 64, "tf32": 32, "fp32": 32}
-# The dtype each tensor-core format reads without converting in registers.
-NATIVE_DTYPE = {"fp16": torch.float16, "bf16": torch.bfloat16, "tf32": torch.float32}
 GPU_WARPS = 8
 
 

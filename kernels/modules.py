@@ -12,13 +12,15 @@ import torch
 from torch import nn
 
 from .backends import check_backend_name
-from .conv import conv2d
+from .checks import check_count, check_flag, check_float_tensor, check_module
+from .conv import _pair, conv2d
 from .gemm import matmul
 from .reduction import as_policy
 
 
 def reducing_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Every nn.Conv2d and nn.Linear of `model` (itself included, drop-ins too), by qualified name."""
+    check_module("model", model)
     return [(name, layer) for name, layer in model.named_modules() if isinstance(layer, (nn.Conv2d, nn.Linear))]
 
 
@@ -35,6 +37,18 @@ def unsupported_conv_reason(conv: nn.Conv2d) -> str | None:
     if any(k % 2 == 0 for k in conv.kernel_size):
         return f"kernel_size={tuple(conv.kernel_size)} is not supported; kernel sizes must be odd"
     return None
+
+
+def _check_conv_args(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias) -> None:
+    """Refuse malformed Conv2d arguments before torch's constructor, whose errors name none of them."""
+    for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+        check_count(name, value)
+    _pair("kernel_size", kernel_size, 1)
+    _pair("stride", stride, 1)
+    _pair("dilation", dilation, 1)
+    if not isinstance(padding, str):  # string padding is refused after construction, with its reason
+        _pair("padding", padding, 0)
+    check_flag("bias", bias)
 
 
 class _PolicyLayer:
@@ -68,6 +82,7 @@ class Conv2d(_PolicyLayer, nn.Conv2d):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, padding_mode="zeros", device=None, dtype=None, *, policy=None, backend="auto"):
+        _check_conv_args(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          padding_mode, device, dtype)
         reason = unsupported_conv_reason(self)
@@ -76,6 +91,7 @@ class Conv2d(_PolicyLayer, nn.Conv2d):
         self._configure(policy, backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_float_tensor("x", x)
         unbatched = x.dim() == 3
         if unbatched:
             x = x.unsqueeze(0)
@@ -94,10 +110,14 @@ class Linear(_PolicyLayer, nn.Linear):
     """
 
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, *, policy=None, backend="auto"):
+        check_count("in_features", in_features)
+        check_count("out_features", out_features)
+        check_flag("bias", bias)
         super().__init__(in_features, out_features, bias, device, dtype)
         self._configure(policy, backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_float_tensor("x", x)
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"Linear expects inputs (..., {self.in_features}), got shape {tuple(x.shape)}")
         rows = x.reshape(math.prod(x.shape[:-1]), self.in_features)

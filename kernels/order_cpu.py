@@ -1,100 +1,171 @@
-"""The splitk order applied on CPU in one compiled pass (numba), for the emulate backend.
+"""The chunk partials of one block of a GEMM output added in their order (emulate backend).
 
-`kernels.order.chunk_order` materialises every element's order as an int64 tensor, which costs
-more than the GEMM itself on a CPU; this pass hashes each element once and gathers its chunk
-partials straight into summation order. It works on the raw bits of the partials, so one
-compiled loop serves fp64, fp32, fp16 and bf16, and it is tested bit for bit against
-`chunk_order`. For fp32 and fp64 partials the pass also adds them, in the order, as it goes.
+A block holds the (splits, A, B, C) chunk partials of some elements of a GEMM output; its
+`Placement` says which: element (a, b, c) is the output's (m, n) with m = m0 + a*ma + b*mb +
+c*mc and n = n0 + a*na + b*nb + c*nc (a tile of rows and columns, or a run of images of a
+convolution laid out as (channel, image, pixel) or (image, channel, pixel)).
+`reduce_block` adds them as kernels.order defines it: in index order (fixed mode), in one order
+for every element (granularity "call"), or in each tile's or element's own order. The
+per-element orders are applied by a compiled pass (numba, GIL released, serial: one block per
+worker of kernels.workers_emulate) that hashes each element and adds its partials in its order
+(fp32, fp64), or gathers them into their order on the raw bits (fp16, bf16) for torch to add
+position by position with one rounding per addition. Off the CPU, kernels.order.chunk_order
+gives the same orders.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numba
 import numpy as np
 import torch
 
-from .order import GRANULARITY_CODES, ORDER_TILE, PERMUTATIONS, permutation_table
+from .formats import add_rounded
+from .order import (FMIX_C1, FMIX_C2, GOLDEN, GRANULARITY_CODES, MASK32, ORDER_TILE, PERMUTATIONS,
+                    chunk_order)
 
 _BIT_VIEWS = {8: torch.int64, 4: torch.int32, 2: torch.int16}
+# Formats whose additions numba performs in the format itself (IEEE, round to nearest even).
+SUMMABLE_DTYPES = (torch.float32, torch.float64)
+COUNTING_SORT_MAX = 512  # permutation rows up to this long are ranked by counting, longer ones by argsort
 
 
-PARALLEL_MIN_ELEMENTS = 1 << 16  # below this, starting threads costs more than the loop
+class Placement(NamedTuple):
+    """Where block element (a, b, c) lies in the GEMM output: m = rows . (1, a, b, c), n = cols . (1, a, b, c)."""
+
+    rows: tuple[int, int, int, int]
+    cols: tuple[int, int, int, int]
+
+
+class BlockOrder:
+    """The order of one call over a GEMM output `n_total` wide: fixed (key None) or seeded by `key`."""
+
+    def __init__(self, splits: int, key: int | None, granularity: str, n_total: int):
+        self.splits, self.key, self.granularity, self.n_total = splits, key, granularity, n_total
+        self.per_element = key is not None and granularity != "call" and splits > 1
+        if self.per_element:
+            self.table = _permutation_table(key, splits)
+            self.sequence = list(range(splits))  # of the partials once gathered into their order
+        elif key is None:
+            self.sequence = list(range(splits))
+        else:
+            self.sequence = chunk_order(key, torch.zeros(1, dtype=torch.int64), splits).view(-1).tolist()
 
 
 @numba.njit(cache=True, inline="always")
-def _order_row(e, key, n_cols, granularity, first_row):  # pragma: no cover - compiled
-    """Row of the permutation table that orders element e of a block of an (M, n_cols) output.
-
-    e is the flat index within the block, whose first row is the output's row `first_row`.
-    """
-    index = np.int64(e) + np.int64(first_row) * n_cols
-    if granularity == 0:
-        index = np.int64(0)
-    elif granularity == 1:
-        tiles_per_row = (n_cols + ORDER_TILE - 1) // ORDER_TILE
-        index = (index // n_cols // ORDER_TILE) * tiles_per_row + (index % n_cols) // ORDER_TILE
-    x = np.uint32(index & np.int64(0xFFFFFFFF)) ^ key
+def _fmix32(x):  # pragma: no cover - compiled
+    """kernels.order.fmix32 on a uint32."""
     x ^= x >> np.uint32(16)
-    x = np.uint32(x * np.uint32(0x85EBCA6B))
+    x = np.uint32(x * np.uint32(FMIX_C1))
     x ^= x >> np.uint32(13)
-    x = np.uint32(x * np.uint32(0xC2B2AE35))
-    x ^= x >> np.uint32(16)
-    return x % np.uint32(PERMUTATIONS)
+    x = np.uint32(x * np.uint32(FMIX_C2))
+    return x ^ (x >> np.uint32(16))
 
 
-def _gather_loop(partials, table, key, n_cols, granularity, first_row, out):  # pragma: no cover - compiled
-    splits, total = partials.shape
-    for e in numba.prange(total):
-        row = _order_row(e, key, n_cols, granularity, first_row)
-        for position in range(splits):
-            out[position, e] = partials[table[row, position], e]
+@numba.njit(cache=True)
+def _permutation_table(key, splits):  # pragma: no cover - compiled
+    """kernels.order.permutation_table, as int32: each row sorts the chunk ids by (rank, id)."""
+    table = np.empty((PERMUTATIONS, splits), dtype=np.int32)
+    ranks = np.empty(splits, dtype=np.int64)
+    for t in range(PERMUTATIONS):
+        row_salt = _fmix32(np.uint32(key) ^ np.uint32(((t + 1) * GOLDEN) & MASK32))
+        for s in range(splits):
+            ranks[s] = np.int64(_fmix32(row_salt ^ np.uint32((s * GOLDEN) & MASK32))) * splits + s
+        if splits > COUNTING_SORT_MAX:
+            table[t] = np.argsort(ranks)
+            continue
+        for s in range(splits):  # the ranks are distinct: s goes where the smaller ones end
+            place = 0
+            for other in range(splits):
+                place += ranks[other] < ranks[s]
+            table[t, place] = s
+    return table
 
 
-def _sum_loop(partials, table, key, n_cols, granularity, first_row, out):  # pragma: no cover - compiled
-    splits, total = partials.shape
-    for e in numba.prange(total):
-        row = _order_row(e, key, n_cols, granularity, first_row)
-        running = partials[table[row, 0], e]
-        for position in range(1, splits):
-            running += partials[table[row, position], e]
-        out[e] = running
+@numba.njit(cache=True, inline="always")
+def _table_row(a, b, c, rows, cols, n_total, key, granularity):  # pragma: no cover - compiled
+    """Row of the permutation table that orders block element (a, b, c) (kernels.order)."""
+    m = np.int64(rows[0] + a * rows[1] + b * rows[2] + c * rows[3])
+    n = np.int64(cols[0] + a * cols[1] + b * cols[2] + c * cols[3])
+    if granularity == 1:
+        index = (m // ORDER_TILE) * ((n_total + ORDER_TILE - 1) // ORDER_TILE) + n // ORDER_TILE
+    else:
+        index = m * n_total + n
+    return _fmix32(np.uint32(index & MASK32) ^ key) % np.uint32(PERMUTATIONS)
 
 
-def _serial_and_parallel(loop):
-    return numba.njit(cache=True)(loop), numba.njit(parallel=True, cache=True)(loop)
+@numba.njit(cache=True, nogil=True)
+def _sum_block(partials, table, key, granularity, rows, cols, n_total, out):  # pragma: no cover - compiled
+    splits, extent_a, extent_b, extent_c = partials.shape
+    for a in range(extent_a):
+        for b in range(extent_b):
+            for c in range(extent_c):
+                row = _table_row(a, b, c, rows, cols, n_total, key, granularity)
+                running = partials[table[row, 0], a, b, c]
+                for position in range(1, splits):
+                    running += partials[table[row, position], a, b, c]
+                out[a, b, c] = running
 
 
-_GATHER = _serial_and_parallel(_gather_loop)
-_SUM = _serial_and_parallel(_sum_loop)
-# Formats whose additions numba performs in the format itself (IEEE, round to nearest even).
-SUMMABLE_DTYPES = (torch.float32, torch.float64)
+@numba.njit(cache=True, nogil=True)
+def _gather_block(partials, table, key, granularity, rows, cols, n_total, out):  # pragma: no cover - compiled
+    splits, extent_a, extent_b, extent_c = partials.shape
+    for a in range(extent_a):
+        for b in range(extent_b):
+            for c in range(extent_c):
+                row = _table_row(a, b, c, rows, cols, n_total, key, granularity)
+                for position in range(splits):
+                    out[position, a, b, c] = partials[table[row, position], a, b, c]
 
 
-def _run(compiled, array_in, array_out, partials_shape, key: int, granularity: str, first_row: int) -> None:
-    splits, m, n = partials_shape
-    table = permutation_table(key, splits).to(torch.int32).numpy()
-    loop = compiled[1] if m * n >= PARALLEL_MIN_ELEMENTS else compiled[0]
-    loop(array_in.numpy(), table, np.uint32(key), n, GRANULARITY_CODES[granularity], first_row, array_out.numpy())
+def _block_index(shape, place: Placement, order: BlockOrder, device) -> torch.Tensor:
+    """Order index (kernels.order) of every element of an (A, B, C) block, as int64."""
+    axes = [torch.arange(size, dtype=torch.int64, device=device).view([-1 if i == d else 1 for i in range(3)])
+            for d, size in enumerate(shape)]
+    m = place.rows[0] + sum(step * axis for step, axis in zip(place.rows[1:], axes))
+    n = place.cols[0] + sum(step * axis for step, axis in zip(place.cols[1:], axes))
+    if order.granularity == "tile":
+        return (m // ORDER_TILE) * -(-order.n_total // ORDER_TILE) + n // ORDER_TILE
+    return (m * order.n_total + n) & MASK32
 
 
-def gather_in_order(partials: torch.Tensor, key: int, granularity: str) -> torch.Tensor:
-    """CPU partials (splits, M, N) rearranged so that position 0 along dim 0 is added first."""
-    splits, m, n = partials.shape
-    bits = partials.contiguous().view(_BIT_VIEWS[partials.element_size()]).view(splits, m * n)
-    out = torch.empty_like(bits)
-    _run(_GATHER, bits, out, partials.shape, key, granularity, 0)
-    return out.view(partials.dtype).view(splits, m, n)
+def _add_in_sequence(partials: torch.Tensor, sequence: list[int], out: torch.Tensor) -> None:
+    """out = (partials[s0] + partials[s1]) + partials[s2] + ..., each sum rounded to the partials' dtype."""
+    if len(sequence) == 1:
+        out.copy_(partials[sequence[0]])
+        return
+    total = partials[sequence[0]].clone()
+    for s in sequence[1:]:
+        if total.dtype in SUMMABLE_DTYPES:
+            total += partials[s]
+        else:
+            total = add_rounded(total, partials[s])
+    out.copy_(total)
 
 
-def sum_in_order(partials: torch.Tensor, key: int, granularity: str, first_row: int = 0) -> torch.Tensor:
-    """CPU fp32/fp64 partials (splits, M, N) added left to right in each element's order: (M, N).
+def _compiled(kernel, partials: torch.Tensor, out: torch.Tensor, order: BlockOrder, place: Placement) -> None:
+    kernel(partials.numpy(), order.table, np.uint32(order.key), GRANULARITY_CODES[order.granularity],
+           np.array(place.rows, dtype=np.int64), np.array(place.cols, dtype=np.int64), order.n_total, out.numpy())
 
-    The same sums as gathering and then adding position by position, without the gathered copy.
-    The partials may be rows first_row, first_row + 1, ... of a taller output (its orders apply).
+
+def reduce_block(partials: torch.Tensor, out: torch.Tensor, order: BlockOrder, place: Placement) -> None:
+    """Write into `out` (A, B, C) the sum of `partials` (splits, A, B, C) in each element's order.
+
+    Partials are in the accumulate dtype; `out` may have another dtype (one final rounding) and
+    any strides; `place` locates the block in the GEMM output.
     """
-    if partials.dtype not in SUMMABLE_DTYPES:
-        raise TypeError(f"partials.dtype={partials.dtype} is not allowed; use one of {SUMMABLE_DTYPES}")
-    splits, m, n = partials.shape
-    flat = partials.contiguous().view(splits, m * n)
-    out = torch.empty(m * n, dtype=partials.dtype)
-    _run(_SUM, flat, out, partials.shape, key, granularity, first_row)
-    return out.view(m, n)
+    if not order.per_element:
+        _add_in_sequence(partials, order.sequence, out)
+    elif partials.device.type != "cpu":
+        ids = chunk_order(order.key, _block_index(out.shape, place, order, out.device), order.splits)
+        _add_in_sequence(torch.gather(partials, 0, ids), order.sequence, out)
+    elif partials.dtype in SUMMABLE_DTYPES:
+        target = out if out.dtype == partials.dtype else torch.empty(out.shape, dtype=partials.dtype)
+        _compiled(_sum_block, partials.contiguous(), target, order, place)
+        if target is not out:
+            out.copy_(target)
+    else:
+        bits = partials.contiguous().view(_BIT_VIEWS[partials.element_size()])
+        ordered = torch.empty(partials.shape, dtype=bits.dtype)
+        _compiled(_gather_block, bits, ordered, order, place)
+        _add_in_sequence(ordered.view(partials.dtype), order.sequence, out)

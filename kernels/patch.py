@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .backends import check_backend_name
+from .checks import check_flag, check_module
 from .geometry import conv_output_size, conv_reduction_lengths, linear_reduction_lengths
 from .modules import Conv2d, Linear, reducing_layers, unsupported_conv_reason
 from .reduction import ROLES, Policy, as_policy
@@ -128,8 +129,8 @@ def patch(model: nn.Module, policy, *, backend: str = "auto", example_input=None
     """
     policy = as_policy(policy)
     check_backend_name(backend)
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_module("model", model)
+    check_flag("strict", strict)
     skipped = {name: reason for name, layer in model.named_modules() if (reason := _skip_reason(layer)) is not None}
     if skipped and strict:
         raise ValueError(f"kernels.patch (strict) cannot take {len(skipped)} reducing layer(s): {_describe(skipped)}")

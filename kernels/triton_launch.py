@@ -198,6 +198,8 @@ def check_index_range(name: str, tensor: torch.Tensor) -> None:
 
 GROUP_M = 8
 GPU_STAGES = 3
+# The dtype each tensor-core format reads without converting in registers.
+NATIVE_DTYPE = {"fp16": torch.float16, "bf16": torch.bfloat16, "tf32": torch.float32}
 # Programs a grid should have before a larger tile is chosen: one per SM of the largest GPU the
 # kernels target (H100/H200 SXM). A constant, so that tiles do not depend on the GPU model.
 TARGET_PROGRAMS = 132

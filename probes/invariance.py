@@ -22,10 +22,13 @@ batch of a bmm (attention).
 from __future__ import annotations
 
 from contextlib import nullcontext
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+import kernels
 
 from .compare import compare
 
@@ -41,16 +44,14 @@ def _first_tensor(value):
 def _evaluate(fn, x: torch.Tensor, context) -> tuple[torch.Tensor, list]:
     """fn(x) and [(module name, its output)], in the order modules finish, for the submodules whose
     output has x's batch first."""
-    import kernels
-
-    leaves = []
+    outputs = []
     handles = []
     if isinstance(fn, nn.Module):
         def record(name):
             def hook(module, args, output):
                 out = _first_tensor(output)
                 if out is not None and out.dim() > 0 and out.shape[0] == x.shape[0]:
-                    leaves.append((name, out.detach().clone()))
+                    outputs.append((name, out.detach().clone()))
             return hook
         handles = [module.register_forward_hook(record(name)) for name, module in fn.named_modules() if name]
     try:
@@ -59,7 +60,7 @@ def _evaluate(fn, x: torch.Tensor, context) -> tuple[torch.Tensor, list]:
     finally:
         for handle in handles:
             handle.remove()
-    return out, leaves
+    return out, outputs
 
 
 def _fresh_rows(x: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
@@ -94,9 +95,9 @@ def _row_differences(ref: torch.Tensor, other: torch.Tensor, rows: list[int]) ->
     return differ, max_ulp
 
 
-def _first_layer(ref_leaves: list, other_leaves: list, rows: list[int]) -> str | None:
-    seen = dict(other_leaves)
-    for name, out in ref_leaves:
+def _first_layer(ref_outputs: list, other_outputs: list, rows: list[int]) -> str | None:
+    seen = dict(other_outputs)
+    for name, out in ref_outputs:
         other = seen.get(name)
         if other is not None and other.shape[1:] == out.shape[1:] and _row_differences(out, other, rows)[0]:
             return name
@@ -121,18 +122,26 @@ def batch_invariance(fn, x: torch.Tensor, *, context=nullcontext, rows=None, siz
     sizes = sorted({s for s in (1, batch // 2, 2 * batch) if s >= 1 and s != batch}) if sizes is None else sizes
     if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
         raise ValueError(f"sizes={sizes} is not allowed; batch sizes are ints >= 1")
-    ref, ref_leaves = _evaluate(fn, x, context)
+    ref, ref_outputs = _evaluate(fn, x, context)
     checks = []
     for check, variant in _variations(x, rows, sizes, seed).items():
-        out, leaves = _evaluate(fn, variant, context)
+        out, outputs = _evaluate(fn, variant, context)
         checked = [row for row in rows if row < variant.shape[0]]
         differ, max_ulp = _row_differences(ref, out, checked)
         checks.append({"check": check, "rows_checked": len(checked), "rows_differ": differ, "max_ulp": max_ulp,
-                       "first_layer": _first_layer(ref_leaves, leaves, checked)})
+                       "first_layer": _first_layer(ref_outputs, outputs, checked)})
     return {"batch": batch, "rows": rows,
             "deterministic": checks[0]["rows_differ"] == 0,
             "invariant": all(c["rows_differ"] == 0 for c in checks[1:]),
             "checks": checks}
+
+
+def mode_contexts(modes, splits: int) -> dict:
+    """name -> context factory: "native" runs torch's kernels, a mode runs kernels.policy_mode with
+    that mode in every role (fixed in one chunk, splitk and atomic in `splits`)."""
+    return {mode: nullcontext if mode == "native" else
+            partial(kernels.policy_mode, kernels.Reduction(mode, splits=None if mode == "fixed" else splits))
+            for mode in modes}
 
 
 def invariance_rows(targets: dict, contexts: dict, *, sizes=None) -> list[dict]:

@@ -50,12 +50,13 @@ def test_fixed_adds_ranks_left_to_right(generator):
     assert not torch.equal(got, ((stack[3] + stack[2]) + stack[1] + stack[0]) / 4), "order should show in the bits"
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # the compiled CPU pass, the torch one
+@pytest.mark.parametrize("dtype, n", [(torch.float32, 20_000), (torch.float32, 300), (torch.bfloat16, 300)],
+                         ids=["compiled", "torch", "torch-bf16"])
 @pytest.mark.parametrize("granularity", ["element", "tile", "call"])
-def test_splitk_follows_the_kernels_order_function(generator, granularity, dtype):
-    stack, spec = spread(generator, 5, 300).to(dtype), AllReduce("splitk", seed=11, granularity=granularity)
-    positions = torch.arange(1000, 1300)
-    index = {"element": positions, "tile": positions // 64, "call": torch.zeros(300, dtype=torch.long)}
+def test_splitk_follows_the_kernels_order_function(generator, granularity, dtype, n):
+    stack, spec = spread(generator, 5, n).to(dtype), AllReduce("splitk", seed=11, granularity=granularity)
+    positions = torch.arange(1000, 1000 + n)
+    index = {"element": positions, "tile": positions // 64, "call": torch.zeros(n, dtype=torch.long)}
     order = chunk_order(call_key(11, 7), index[granularity], 5)
     assert torch.equal(ordered_mean(stack, spec, call=7, start=1000), rank_order(stack, order))
 

@@ -29,14 +29,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nets.training.config import flag
 from test_fuzz_settings import EXAMPLES
 from test_run_support import bits, jsonl, without_times
 
-# A small MLP on digits, 6 steps per epoch: checkpoints at steps 6 and 12 and at the end (13). Seeded
-# splitk noise (one order per call: the per-element orders are compiled code, loaded in each run)
-# makes the resumed run depend on the restored call counter, as well as on the weights and generators.
-RUN_ARGS = ["--net", "mlp", "--widen", "16", "--batch-size", "256", "--reduction", "splitk", "--splits", "4",
-            "--granularity", "call", "--steps", "13"]
+# A small MLP on digits, 6 steps per epoch (the run directory's machinery, not the network, is under
+# test). Seeded splitk noise (one order per call: the per-element orders are compiled code, loaded
+# in each run) makes a resumed run depend on the restored call counter, as well as on the weights
+# and generators.
+SMALL_RUN = {"net": "mlp", "depth": 2, "widen": 16, "batch_size": 256, "reduction": "splitk", "splits": 4,
+             "granularity": "call"}
+SMALL_ARGS = [arg for name, value in SMALL_RUN.items() for arg in (flag(name), str(value))]
+# Checkpoints at steps 6 and 12 and at the end (13).
+RUN_ARGS = [*SMALL_ARGS, "--steps", "13"]
 ROOT = Path(__file__).resolve().parents[1]
 SEQUENCES = EXAMPLES or 4
 KINDS = ("write", "time", "sigint", "sigterm")

@@ -1,5 +1,6 @@
 """Run directories after things went wrong: damaged files on --resume, aborted starts, orphaned
-temporary files, a full disk during a checkpoint, and a loss that turns non-finite.
+temporary files, a full disk during a checkpoint, and a loss that turns non-finite; and a run's
+checkpoint read back by the symmetry probe.
 
 Every failure is one line naming the file and what is wrong, nothing is written before the check,
 and what the run keeps (its last good checkpoint) is said.
@@ -17,10 +18,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 
 import nets.files
 from nets.training.loop import Training
-from test_run_support import STEPS_PER_EPOCH, TINY_ARGS, checkpoint, invoke, state_differences, train
+from tools import probe
+from test_crash_resume import SMALL_ARGS, SMALL_RUN
+from test_run_support import STEPS_PER_EPOCH, checkpoint, invoke, state_differences, train
 
 STEPS = STEPS_PER_EPOCH + 1  # a checkpoint at the epoch end (6) and a final one (7)
 
@@ -29,7 +33,7 @@ STEPS = STEPS_PER_EPOCH + 1  # a checkpoint at the epoch end (6) and a final one
 def finished(tmp_path_factory):
     """One finished tiny run; tests copy it before damaging it."""
     out = tmp_path_factory.mktemp("runs") / "finished"
-    result = invoke([*TINY_ARGS, "--steps", str(STEPS), "--out", str(out)])
+    result = invoke([*SMALL_ARGS, "--steps", str(STEPS), "--out", str(out)])
     assert result.exit_code == 0, result.output
     return out
 
@@ -143,7 +147,7 @@ def test_resume_before_the_first_checkpoint_starts_over_and_a_plain_rerun_points
     out = copy_run(finished, tmp_path / "aborted")
     for name in ("checkpoint.pt", "summary.json"):
         (out / name).unlink()
-    rerun = invoke([*TINY_ARGS, "--steps", str(STEPS), "--out", str(out)])
+    rerun = invoke([*SMALL_ARGS, "--steps", str(STEPS), "--out", str(out)])
     assert rerun.exit_code == 1 and "--resume" in error_line(rerun.output), rerun.output
     result = invoke(["--resume", "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -151,6 +155,13 @@ def test_resume_before_the_first_checkpoint_starts_over_and_a_plain_rerun_points
     assert not state_differences(checkpoint(finished)["model"], checkpoint(out)["model"])
     invocations = json.loads((out / "config.json").read_text())["invocations"]
     assert len(invocations) == 2, "the restart keeps the run's history of invocations"
+
+
+def test_a_runs_checkpoint_is_read_back_by_the_symmetry_probe(finished):
+    # It holds numpy's generator state beside the weights, which a safe (weights-only) load must admit.
+    result = CliRunner().invoke(probe.cli, ["symmetry", "--checkpoint", str(finished / "checkpoint.pt")])
+    assert result.exit_code == 0, result.output
+    assert "hidden" in result.output
 
 
 # ---------------------------------------------------------------- orphaned temporary files
@@ -163,7 +174,7 @@ def test_resume_and_overwrite_remove_temporaries_of_killed_writers_only(finished
     for path in [*orphans, live]:
         path.write_bytes(b"half a file")
     args = ["--resume", "--out", str(out), "--steps", str(STEPS + 1)] if how == "--resume" else \
-        [*TINY_ARGS, "--steps", "1", "--out", str(out), "--overwrite"]
+        [*SMALL_ARGS, "--steps", "1", "--out", str(out), "--overwrite"]
     result = invoke(args)
     assert result.exit_code == 0, result.output
     assert not any(path.exists() for path in orphans)
@@ -207,7 +218,7 @@ def test_full_disk_during_a_checkpoint_is_one_line_and_the_previous_checkpoint_s
 
     monkeypatch.setattr(nets.files, "open", open_on_a_filling_disk, raising=False)
     out = tmp_path / "run"
-    result = invoke([*TINY_ARGS, "--steps", str(2 * STEPS_PER_EPOCH + 1), "--out", str(out)])
+    result = invoke([*SMALL_ARGS, "--steps", str(2 * STEPS_PER_EPOCH + 1), "--out", str(out)])
     assert result.exit_code == 1, result.output
     line = error_line(result.output)
     assert "No space left on device" in line and str(out / "checkpoint.pt") in line, line
@@ -222,7 +233,7 @@ def test_full_disk_during_a_checkpoint_is_one_line_and_the_previous_checkpoint_s
 
 def test_exploding_run_stops_with_a_clear_message_and_says_so_in_its_summary(tmp_path):
     out = tmp_path / "run"
-    result = invoke([*TINY_ARGS, "--lr", "1e30", "--steps", str(STEPS), "--out", str(out)])
+    result = invoke([*SMALL_ARGS, "--lr", "1e30", "--steps", str(STEPS), "--out", str(out)])
     assert result.exit_code == 1, result.output
     line = error_line(result.output)
     assert "loss" in line and "no checkpoint" in line, line
@@ -242,7 +253,7 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
         return step(self, images, labels, lr)
 
     monkeypatch.setattr(Training, "_train_step", poisoned)
-    outcome = train(tmp_path / "run", steps=2 * STEPS_PER_EPOCH)
+    outcome = train(tmp_path / "run", **SMALL_RUN, steps=2 * STEPS_PER_EPOCH)
     assert outcome.stopped and f"step {STEPS_PER_EPOCH + 2}" in outcome.stopped, outcome.stopped
     assert outcome.summary["checkpoint_step"] == STEPS_PER_EPOCH
     assert outcome.summary["steps"] == STEPS_PER_EPOCH + 1

@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+import kernels
 from kernels import ACCUMULATES, GRANULARITIES, MODES, PRECISIONS, CallCounter, Policy, Reduction, conv2d, counting, matmul
 from test_fuzz_settings import fuzz
 from test_run_support import bits
@@ -275,3 +277,35 @@ def test_nan_and_inf_inputs_give_the_float64_non_finite_pattern(m, k, n, data):
     infinite = exact.isinf()
     assert torch.equal(out[infinite], exact[infinite]), f"{reduction.describe()}: inf pattern differs"
 
+
+# ---------------------------------------------------------------- malformed arguments
+
+COMPLEX = torch.ones(2, 2, dtype=torch.complex64)
+MALFORMED = [  # (function, args, kwargs, error, words the message must hold)
+    (CallCounter, (math.inf,), {}, TypeError, "start must be an int"),
+    (CallCounter, (-1,), {}, ValueError, "start must be >= 0"),
+    (kernels.reset_calls, (math.inf,), {}, TypeError, "start must be an int"),
+    (CallCounter().load_state_dict, ({"next_call": 2.5},), {}, TypeError, "next_call"),
+    (kernels.Linear, (1, -1), {}, ValueError, "out_features must be >= 0"),
+    (kernels.Linear, (1.5, 2), {}, TypeError, "in_features must be an int"),
+    (kernels.Linear, (1, 2, torch.ones(3)), {}, TypeError, "bias must be True or False"),
+    (kernels.Conv2d, (1, -1, 1), {}, ValueError, "out_channels must be >= 0"),
+    (kernels.Conv2d, (True, COMPLEX, 1), {}, TypeError, "in_channels must be an int"),
+    (kernels.Conv2d, (1, COMPLEX, 1), {}, TypeError, "out_channels must be an int"),
+    (kernels.Conv2d, (1, 2, COMPLEX), {}, TypeError, "kernel_size must be an int or a pair"),
+    (kernels.Conv2d, (1, 2, (3, 3, 3)), {}, TypeError, "kernel_size must be an int or a pair"),
+    (kernels.Conv2d, (1, 2, 3), {"stride": object()}, TypeError, "stride must be an int or a pair"),
+    (kernels.Conv2d, (1, 2, 3), {"bias": torch.ones(2)}, TypeError, "bias must be True or False"),
+    (kernels.reducing_layers, (None,), {}, TypeError, "model must be a torch.nn.Module"),
+    (kernels.patch, (torch.nn.Linear(2, 2), None), {"strict": torch.ones(2)}, TypeError, "strict must be True or False"),
+    (kernels.Linear(2, 3), ([1.0, 2.0],), {}, TypeError, "x must be a torch.Tensor"),
+    (kernels.Conv2d(1, 2, 3), (None,), {}, TypeError, "x must be a torch.Tensor"),
+]
+
+
+@pytest.mark.parametrize(("function", "args", "kwargs", "error", "words"), MALFORMED)
+def test_malformed_arguments_get_one_clear_error(function, args, kwargs, error, words):
+    # Unchecked, these escape from int(), torch or the model as OverflowError, RuntimeError,
+    # NotImplementedError or AttributeError, naming no argument.
+    with pytest.raises(error, match=words):
+        function(*args, **kwargs)

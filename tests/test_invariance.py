@@ -1,12 +1,16 @@
 """probes.invariance: whether a row of an output changes with the rest of its batch."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from click.testing import CliRunner
 from torch import nn
 
 import kernels
 from probes.invariance import OPS, batch_invariance, make_op
+from tools.probe import cli as probe_cli
 
 
 def check(result: dict, name: str) -> dict:
@@ -68,3 +72,16 @@ def test_bad_arguments_are_named(generator):
         batch_invariance(lambda t: t, torch.tensor(1.0))
     with pytest.raises(ValueError, match="op="):
         make_op("einsum", 2)
+
+
+def test_probe_command_measures_ops_and_a_net_natively_and_under_the_mode(tmp_path):
+    out = tmp_path / "invariance.json"
+    result = CliRunner().invoke(probe_cli, [
+        "invariance", "--ops", "conv2d", "--net", "transformer", "--net-option", "depth=1", "--net-option",
+        "width=8", "--batch", "3", "--modes", "native,fixed", "--sizes", "1,5", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "transformer (eval)" in result.output and "batch 5" in result.output
+    rows = json.loads(out.read_text())["rows"]
+    assert {(row["target"], row["context"]) for row in rows} == {
+        (target, mode) for target in ("conv2d", "transformer (eval)") for mode in ("native", "fixed")}
+    assert all(row["rows_differ"] == 0 for row in rows if row["check"] == "repeat")

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from kernels import Policy, Reduction, counting, matmul
-from kernels import gemm_emulate as emulate
 from kernels.calls import CallCounter
 from kernels.order import GOLDEN, ORDER_TILE, PERMUTATIONS, chunk_bounds, chunk_order, order_index
 
@@ -173,53 +172,6 @@ def test_chunk_order_matches_the_documented_definition():
                     i, where = row * n + col, (slice(None), row, col)
                 expected = table[_fmix32_reference(key ^ i) % PERMUTATIONS]
                 assert order[where].tolist() == expected, (granularity, row, col)
-
-
-# (70, 130) runs the compiled loop serially, (260, 300) in parallel (kernels.order_cpu).
-CPU_ORDER_SHAPES = [(70, 130), (260, 300)]
-
-
-@pytest.mark.parametrize("shape", CPU_ORDER_SHAPES)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("granularity", ["tile", "element"])
-def test_compiled_cpu_gather_equals_the_reference_order(generator, dtype, granularity, shape):
-    from kernels.order_cpu import gather_in_order
-
-    partials = torch.randn(5, *shape, generator=generator).to(dtype)
-    key = 0xDEADBEEF
-    reference = torch.gather(partials, 0, chunk_order(key, order_index(*shape, granularity), 5))
-    assert torch.equal(gather_in_order(partials, key, granularity).view(torch.uint8), reference.view(torch.uint8))
-
-
-@pytest.mark.parametrize("shape", CPU_ORDER_SHAPES)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("granularity", ["tile", "element"])
-def test_compiled_cpu_ordered_sum_equals_gathering_then_adding(generator, dtype, granularity, shape):
-    """Mixed magnitudes, so that a different order of the same terms would round differently."""
-    from kernels.order_cpu import sum_in_order
-
-    scales = torch.tensor([1.0, 1e8, -1e8, 3e-3, 7.0, 1e4, -2.5])[:, None, None].to(dtype)
-    partials = torch.randn(7, *shape, generator=generator).to(dtype) * scales
-    key = 0x1234567
-    reference = emulate.sum_in_order(torch.gather(partials, 0, chunk_order(key, order_index(*shape, granularity), 7)))
-    got = sum_in_order(partials, key, granularity)
-    assert got.dtype == dtype and torch.equal(got.view(torch.uint8), reference.view(torch.uint8))
-    other_key = sum_in_order(partials, key + 1, granularity)
-    assert not torch.equal(other_key, got), "another key must order (and so round) some elements differently"
-
-
-@pytest.mark.parametrize("granularity", ["tile", "element"])
-def test_emulated_splitk_in_row_blocks_keeps_every_elements_order(generator, granularity):
-    """M spans several row blocks of the compiled CPU path (one ROW_BLOCK_BYTES of partials each)."""
-    reduction = Reduction("splitk", splits=8, seed=11, granularity=granularity)
-    m, k, n = 150, 96, 2000
-    assert m > emulate.ROW_BLOCK_BYTES // (reduction.splits * n * 4), "the test must cover several row blocks"
-    a, b = torch.randn(m, k, generator=generator), torch.randn(k, n, generator=generator)
-    key = 0xC0FFEE
-    partials = emulate.chunk_partials(a, b, reduction)
-    expected = emulate.sum_in_order(torch.gather(partials, 0, chunk_order(key, order_index(m, n, granularity), 8)))
-    got = emulate.gemm(a, b, reduction, key, torch.float32)
-    assert torch.equal(got, expected), f"{int((got != expected).sum())} elements differ from the reference order"
 
 
 def test_orders_are_spread_over_the_permutation_table():

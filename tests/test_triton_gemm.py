@@ -410,3 +410,18 @@ def test_triton_atomic_is_correct_on_exact_sums(accumulate):
     reduction = Reduction(mode="atomic", splits=16, accumulate=accumulate)
     got = run(a.cuda(), b.cuda(), reduction, "triton").cpu()
     assert_bitwise(got, (a.double() @ b.double()).float(), f"atomic {accumulate}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ordered", (False, True))
+def test_ordered_sum_indexes_workspaces_past_2_to_the_31(ordered):
+    """(S - 1) * M * N >= 2**31: chunk offsets must be computed in int64 (fp16 keeps it at 6 GiB)."""
+    from kernels.order_triton import launch_ordered_sum
+
+    splits, m, n = 3, 32768, 32768
+    workspace = torch.empty(splits, m, n, dtype=torch.float16, device="cuda")
+    for s in range(splits):
+        workspace[s].fill_(2.0**s)
+    out = torch.empty(m, n, dtype=torch.float32, device="cuda")
+    launch_ordered_sum(workspace, out, ordered=ordered, key=7, granularity="element")
+    assert torch.all(out == 7.0), f"{int((out != 7.0).sum())} elements are not 1 + 2 + 4"

@@ -133,7 +133,7 @@ def main(budget, out, dry_run, selected, plan, archs, part):
         left = budget - (time.perf_counter() - start) - REPORT_RESERVE_S
         timeout = min(item.cap_s, left) if PLANS[plan].capped else left
         if timeout < item.minimum_s:
-            outcomes[item.name] = {"status": f"skipped ({left:.0f} s left, needs {item.minimum_s} s)",
+            outcomes[item.name] = {"status": f"skipped ({max(left, 0):.0f} s left, needs {item.minimum_s} s)",
                                    "seconds": 0, "timeout_s": 0}
             continue
         click.echo(f"{item.name}: {item.title} (up to {timeout:.0f} s)", err=True)

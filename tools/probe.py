@@ -17,8 +17,6 @@ Every subcommand prints a table; --json FILE also writes the result as JSON.
 from __future__ import annotations
 
 import sys
-from contextlib import nullcontext
-from functools import partial
 from pathlib import Path
 
 if __name__ == "__main__" and not __package__:  # `python tools/NAME.py`: import from this checkout
@@ -37,7 +35,7 @@ from probes import collective as collectives
 from probes.audit import audit as run_audit
 from probes.device import device_rows, device_summary
 from probes.invariance import OPS as INVARIANCE_OPS
-from probes.invariance import invariance_rows, make_op, summary_rows
+from probes.invariance import invariance_rows, make_op, mode_contexts, summary_rows
 from probes.noise import noise_rows
 from probes.ops import DEFAULT_SHAPES, DTYPES, OPS, check_dtype_name, parse_shape
 from probes.repeat import repeat_op
@@ -285,10 +283,8 @@ def invariance(ops, net, net_option, batch, image_size, data_seed, modes, splits
     setup = make_setup(net, net_option, batch, image_size, data_seed)
     targets = {op: make_op(op, batch, data_seed, device) for op in ops}
     targets[f"{net} (eval)"] = (build_model(setup, None, "native", device).eval(), training_batch(setup, 0, device)[0])
-    contexts = {mode: nullcontext if mode == "native" else
-                partial(kernels.policy_mode, kernels.Reduction(mode, splits=None if mode == "fixed" else splits))
-                for mode in modes}
-    rows = invariance_rows(targets, contexts, sizes=None if sizes is None else [int(s) for s in sizes.split(",")])
+    rows = invariance_rows(targets, mode_contexts(modes, splits),
+                           sizes=None if sizes is None else [int(s) for s in sizes.split(",")])
     checks = [(check, check) for check in dict.fromkeys(row["check"] for row in rows)]
     text = format_table(summary_rows(rows), [("target", "target"), ("mode", "context"), *checks,
                                              ("first differing layer", "first_layer")])

@@ -1,0 +1,102 @@
+"""Single-threaded torch workers that run the emulate backend's blocks of work in parallel.
+
+torch's CPU kernels (MKL's GEMM, oneDNN's convolutions) pick their summation order by the
+number of threads they run on: a (64, 4096) @ (4096, 144) product on two threads splits K
+between them. The emulate backend therefore cuts every reduction into blocks whose shapes
+depend on the problem alone, and runs each block as single-threaded torch calls on one of
+these workers. How many workers there are, and which block lands on which, then changes no
+element's order: the bits are the same on 1, 2 or 4 threads.
+
+Each worker sets torch's intra-op threads to 1 for itself (OpenMP's and MKL's settings are
+per thread); torch also keeps that number as the default for threads started later, so the
+caller's setting is put back as the default once the workers run. A caller whose torch runs
+on one thread already does the blocks itself. A forked child starts a pool of its own.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from typing import Callable, Sequence
+
+import torch
+
+
+class _Pool:
+    """Daemon threads, each running torch on one thread, taking tasks from one queue."""
+
+    def __init__(self):
+        self.pid = os.getpid()
+        self.tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self.size = 0
+        self.lock = threading.Lock()
+
+    def grow(self, size: int) -> None:
+        with self.lock:
+            if size <= self.size:
+                return
+            caller_threads = torch.get_num_threads()
+            started = threading.Barrier(size - self.size + 1)
+            for _ in range(size - self.size):
+                threading.Thread(target=self._serve, args=(started,), daemon=True, name="emulate-worker").start()
+            started.wait()
+            torch.set_num_threads(caller_threads)
+            self.size = size
+
+    def _serve(self, started: threading.Barrier) -> None:
+        torch.get_num_threads()  # torch's lazy per-thread set-up, which would later reset the 1 below
+        torch.set_num_threads(1)
+        torch.set_grad_enabled(False)  # blocks compute values; autograd happens around the op
+        started.wait()
+        while True:
+            task = self.tasks.get()
+            task()
+
+
+_POOL: _Pool | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> _Pool:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL.pid != os.getpid():
+            _POOL = _Pool()
+        return _POOL
+
+
+def run_blocks(blocks: Sequence[Callable[[], None]]) -> None:
+    """Run every block once, on as many single-threaded workers as torch has threads here.
+
+    Blocks must write disjoint outputs; they are taken in list order by whichever worker is
+    free. The first exception a block raises is raised here after all workers are done.
+    """
+    threads = torch.get_num_threads()
+    if threads == 1:
+        for block in blocks:
+            block()
+        return
+    workers = min(threads, len(blocks))
+    pool = _pool()
+    pool.grow(workers)
+    pending = iter(blocks)
+    errors: list[BaseException] = []
+    done = threading.Semaphore(0)
+
+    def drain() -> None:
+        try:
+            for block in pending:
+                block()
+        except BaseException as error:  # handed to the caller
+            errors.append(error)
+            for _ in pending:
+                pass
+        finally:
+            done.release()
+
+    for _ in range(workers):
+        pool.tasks.put(drain)
+    for _ in range(workers):
+        done.acquire()
+    if errors:
+        raise errors[0]

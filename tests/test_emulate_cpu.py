@@ -1,0 +1,301 @@
+"""The emulate backend on the CPU: blocks of work, each element's order, and bits that do not
+depend on the thread count or on how the work is cut into blocks."""
+import json
+import math
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernels import conv_emulate, gemm_emulate
+from kernels.calls import counting
+from kernels.order import call_key, chunk_order, order_index, permutation_table
+from kernels.order_cpu import COUNTING_SORT_MAX, BlockOrder, Placement, _permutation_table, reduce_block
+from kernels.reduction import Policy, Reduction
+from kernels.workers_emulate import run_blocks
+
+ROOT = Path(__file__).resolve().parents[1]
+MIXED_SCALES = torch.tensor([1.0, 1e8, -1e8, 3e-3, 7.0, 1e4, -2.5])  # a different order rounds differently
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view({8: torch.int64, 4: torch.int32, 2: torch.int16}[t.element_size()])
+
+
+@pytest.mark.parametrize("splits", [1, 2, 3, 8, 32, COUNTING_SORT_MAX + 1])
+def test_compiled_permutation_table_is_the_definition(splits):
+    for key in (0, 1, 0xDEADBEEF, 2**32 - 1):
+        assert (_permutation_table(key, splits) == permutation_table(key, splits).numpy()).all(), key
+
+
+# ------------------------------------------------------------------ one block's order
+
+
+def reference_sum(partials, key, granularity):
+    """partials (splits, M, N) added in kernels.order's order for every element, in torch."""
+    splits, m, n = partials.shape
+    if key is None:
+        ordered = partials
+    else:
+        order = chunk_order(key, order_index(m, n, granularity), splits)
+        ordered = partials[order.view(-1)] if granularity == "call" else torch.gather(partials, 0, order)
+    return gemm_emulate.sum_in_order(ordered)
+
+
+def block_views(m, n):
+    """(name, view of a (S, m, n) tensor as a block (S, A, B, C), Placement) for three layouts."""
+    pixels = n // 10  # ten images of n // 10 pixels
+    return [
+        ("tile", lambda t: t[:, None, 10:50, 64:n], Placement((10, 0, 1, 0), (64, 0, 0, 1))),
+        ("channel-image-pixel", lambda t: t[:, :, 3 * pixels:7 * pixels].reshape(-1, m, 4, pixels),
+         Placement((0, 1, 0, 0), (3 * pixels, 0, pixels, 1))),
+        ("image-channel-pixel", lambda t: t[:, :, 3 * pixels:7 * pixels].reshape(-1, m, 4, pixels).transpose(1, 2),
+         Placement((0, 0, 1, 0), (3 * pixels, pixels, 0, 1))),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("granularity", ["call", "tile", "element"])
+@pytest.mark.parametrize("key", [None, 0x1234567])
+def test_a_block_adds_each_element_in_its_order(generator, dtype, granularity, key):
+    if key is None and granularity != "call":
+        pytest.skip("fixed mode has one order")
+    m, n, splits = 70, 130, 7
+    partials = (torch.randn(splits, m, n, generator=generator, dtype=torch.float64) * MIXED_SCALES[:, None, None]).to(dtype)
+    expected = reference_sum(partials, key, granularity)
+    order = BlockOrder(splits, key, granularity, n)
+    for name, view, place in block_views(m, n):
+        block = view(partials)
+        out = torch.empty(block.shape[1:], dtype=dtype)
+        reduce_block(block, out, order, place)
+        assert torch.equal(bits(out), bits(view(expected[None])[0])), name
+    if key is not None and granularity != "call":
+        other = torch.empty(m, n, dtype=dtype)
+        reduce_block(partials[:, None], other[None], BlockOrder(splits, key + 1, granularity, n),
+                     Placement((0, 0, 1, 0), (0, 0, 0, 1)))
+        assert not torch.equal(other, expected), "another key must order (and round) some elements differently"
+
+
+def test_a_block_rounds_once_more_into_another_output_dtype(generator):
+    partials = torch.randn(5, 1, 20, 30, generator=generator)
+    order = BlockOrder(5, 99, "element", 30)
+    wide, narrow = torch.empty(1, 20, 30), torch.empty(1, 20, 30, dtype=torch.float16)
+    place = Placement((0, 0, 1, 0), (0, 0, 0, 1))
+    reduce_block(partials, wide, order, place)
+    reduce_block(partials, narrow, order, place)
+    assert torch.equal(narrow, wide.half())
+
+
+# ------------------------------------------------------------------ the tiled GEMM
+
+
+REDUCTIONS = [
+    Reduction(), Reduction("fixed", splits=5, accumulate="fp16"), Reduction("splitk", splits=7, seed=3),
+    Reduction("splitk", splits=6, granularity="tile", accumulate="bf16"), Reduction("splitk", splits=3, granularity="call"),
+    Reduction("splitk", splits=4, precision="fp16", accumulate="fp16"), Reduction("fixed", precision="fp64", accumulate="fp64"),
+]
+
+
+def reference_gemm(a, b, reduction, key):
+    partials = gemm_emulate.chunk_partials(a, b, reduction)
+    return reference_sum(partials, gemm_emulate.call_key(reduction, key), reduction.granularity)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS, ids=lambda r: r.describe())
+def test_tiled_gemm_is_the_reference_order_bit_for_bit(generator, monkeypatch, reduction):
+    """Integer-valued operands make every chunk partial exact, so only the order between chunks
+    rounds; small tiles make the output many tiles, ragged at the edges."""
+    monkeypatch.setattr(gemm_emulate, "TILE_MIN_PRODUCTS", 1)
+    monkeypatch.setattr(gemm_emulate, "TILE_ROWS", 24)
+    monkeypatch.setattr(gemm_emulate, "TILE_COLS", 40)
+    m, k, n = 70, 96, 130
+    a = torch.randint(-4, 5, (m, k), generator=generator).float() * 2.0 ** torch.randint(-6, 7, (m, 1), generator=generator)
+    b = torch.randint(-4, 5, (k, n), generator=generator).float() * 2.0 ** torch.randint(-6, 7, (1, n), generator=generator)
+    assert len(gemm_emulate.output_tiles(m, n, k, reduction.splits)) >= 12
+    got = gemm_emulate.gemm(a, b, reduction, 0xC0FFEE, torch.float32)
+    expected = reference_gemm(a, b, reduction, 0xC0FFEE).float()
+    assert torch.equal(bits(got), bits(expected)), f"{int((got != expected).sum())} elements differ"
+
+
+def test_tiles_cover_the_output_once():
+    for m, n, k, stored in [(1, 1, 1, 1), (1024, 1024, 1024, 1), (160, 1440, 8192, 8), (16, 4096, 144, 32), (7, 3, 10**6, 1)]:
+        covered = torch.zeros(m, n, dtype=torch.int32)
+        for r0, r1, c0, c1 in gemm_emulate.output_tiles(m, n, k, stored):
+            covered[r0:r1, c0:c1] += 1
+        assert bool((covered == 1).all()), (m, n, k, stored)
+
+
+# ------------------------------------------------------------------ convolution roles
+
+
+def spec_operands(role, x, w, gy, stride, padding):
+    """(A, B) of a role's GEMM as kernels.conv specifies it, built with F.unfold."""
+    (batch, c_in, h, width), (c_out, _, kh, kw) = x.shape, w.shape
+    if role == "forward":
+        cols = F.unfold(x, (kh, kw), padding=padding, stride=stride)  # (N, K, L)
+        return w.reshape(c_out, -1), cols.transpose(0, 1).reshape(c_in * kh * kw, -1)
+    if role == "weight_grad":
+        cols = F.unfold(x, (kh, kw), padding=padding, stride=stride)
+        return gy.transpose(0, 1).reshape(c_out, -1), cols.transpose(1, 2).reshape(-1, c_in * kh * kw)
+    spread = torch.zeros(batch, c_out, (gy.shape[2] - 1) * stride + 1, (gy.shape[3] - 1) * stride + 1)
+    spread[:, :, ::stride, ::stride] = gy
+    top, left = kh - 1 - padding, kw - 1 - padding
+    framed = F.pad(spread, (left, width + kw - 1 - spread.shape[3] - left, top, h + kh - 1 - spread.shape[2] - top))
+    taps = F.unfold(framed, (kh, kw)).view(batch, c_out, kh, kw, h * width).flip(2, 3)
+    return w.transpose(0, 1).reshape(c_in, -1), taps.reshape(batch, -1, h * width).transpose(0, 1).reshape(c_out * kh * kw, -1)
+
+
+def spec_role(role, x, w, gy, stride, padding, reduction, call):
+    a, b = spec_operands(role, x, w, gy, stride, padding)
+    key = call_key(reduction.seed, call) if reduction.seeded else 0
+    c = gemm_emulate.gemm(a, b, reduction, key, torch.float32)
+    if role == "weight_grad":
+        return c.view(w.shape)
+    size = gy.shape[2:] if role == "forward" else x.shape[2:]
+    return c.view(c.shape[0], x.shape[0], *size).transpose(0, 1)
+
+
+def emulated_roles(x, w, gy, stride, padding, reduction):
+    with counting():
+        y = conv_emulate.forward(x, w, (stride, stride), (padding, padding), reduction, torch.float32)
+        gx, gw = conv_emulate.gradients(x, w, gy, (stride, stride), (padding, padding), Policy.uniform(reduction), True, True)
+    return {"forward": y, "input_grad": gx, "weight_grad": gw}
+
+
+CONV_CONFIGS = [(9, 8, 12, 7, 3, 1, 1), (7, 6, 5, 9, 3, 2, 1), (6, 10, 16, 7, 1, 2, 0), (5, 4, 6, 11, 5, 2, 2)]
+CONV_REDUCTIONS = REDUCTIONS + [Reduction("splitk", splits=4, granularity="element", accumulate="bf16", seed=8),
+                                Reduction("fixed", splits=1, precision="bf16")]
+
+
+@pytest.mark.parametrize("reduction", CONV_REDUCTIONS, ids=lambda r: r.describe())
+@pytest.mark.parametrize("config", CONV_CONFIGS, ids=lambda c: "n{}-{}to{}-{}x{}-k{}s{}p{}".format(c[0], c[1], c[2], c[3], c[3], *c[4:]))
+def test_every_role_is_its_specified_gemm_bit_for_bit(generator, monkeypatch, config, reduction):
+    """Integer-valued tensors (exact chunk partials), with tiny blocks so that every role is cut
+    into several runs of images and the weight gradient's chunks into pieces; call numbers
+    forward 0, input_grad 1, weight_grad 2."""
+    monkeypatch.setattr(conv_emulate, "CONV_BLOCK_PRODUCTS", 1)
+    monkeypatch.setattr(conv_emulate, "GEMM_BLOCK_PRODUCTS", 3000)
+    batch, c_in, c_out, size, kernel, stride, padding = config
+    x = torch.randint(-3, 4, (batch, c_in, size, size), generator=generator).float()
+    w = torch.randint(-3, 4, (c_out, c_in, kernel, kernel), generator=generator).float()
+    out_size = (size + 2 * padding - kernel) // stride + 1
+    gy = torch.randint(-3, 4, (batch, c_out, out_size, out_size), generator=generator).float()
+    got = emulated_roles(x, w, gy, stride, padding, reduction)
+    for call, role in enumerate(("forward", "input_grad", "weight_grad")):
+        expected = spec_role(role, x, w, gy, stride, padding, reduction, call)
+        assert torch.equal(bits(got[role]), bits(expected.contiguous())), f"{role}: {int((got[role] != expected).sum())} differ"
+
+
+@pytest.mark.parametrize("poisoned", ["w", "gy"])
+def test_non_finite_operands_meet_the_padding_as_the_gemm_does(generator, poisoned):
+    """0 * inf is NaN in the specified GEMM (padding and inserted zeros are multiplied), which
+    torch's own convolution skips: such calls must not take torch's path."""
+    x = torch.randint(-3, 4, (4, 3, 6, 6), generator=generator).float()
+    w = torch.randint(-3, 4, (5, 3, 3, 3), generator=generator).float()
+    gy = torch.randint(-3, 4, (4, 5, 3, 3), generator=generator).float()
+    (w if poisoned == "w" else gy)[0, 0, 0, 0] = math.inf
+    got = emulated_roles(x, w, gy, 2, 1, Reduction())
+    for call, role in enumerate(("forward", "input_grad", "weight_grad")):
+        expected = spec_role(role, x, w, gy, 2, 1, Reduction(), call)
+        assert torch.equal(got[role].isnan(), expected.isnan()) and torch.equal(got[role].isinf(), expected.isinf()), role
+    assert bool(got["forward" if poisoned == "w" else "weight_grad"].isnan().any()), "the test must reach a NaN"
+
+
+# ------------------------------------------------------------------ threads
+
+
+THREAD_PROBE = """
+import hashlib, json, sys, torch
+torch.set_num_threads(int(sys.argv[1]))
+from kernels import Policy, Reduction, conv2d, counting, matmul
+digests = {}
+g = torch.Generator().manual_seed(5)
+a, b = torch.randn(64, 4096, generator=g), torch.randn(4096, 144, generator=g)
+c, d = torch.randn(300, 700, generator=g), torch.randn(700, 900, generator=g)
+x, w = torch.randn(64, 16, 8, 8, generator=g), torch.randn(32, 16, 3, 3, generator=g)
+reductions = {"fixed": Reduction(), "fixed5": Reduction("fixed", splits=5), "element": Reduction("splitk", splits=8),
+              "tile": Reduction("splitk", splits=8, granularity="tile"), "call": Reduction("splitk", splits=3, granularity="call"),
+              "bf16": Reduction("splitk", splits=32, accumulate="bf16")}
+for name, r in reductions.items():
+    with counting():
+        results = [matmul(a, b, r), matmul(c, d, r)]
+        for stride in (1, 2):
+            xi, wi = x.clone().requires_grad_(), w.clone().requires_grad_()
+            y = conv2d(xi, wi, None, stride, 1, policy=r)
+            y.backward(torch.ones_like(y) / 3)
+            results += [y, xi.grad, wi.grad]
+    digests[name] = hashlib.sha1(b"".join(t.detach().numpy().tobytes() for t in results)).hexdigest()
+print(json.dumps(digests))
+"""
+
+
+def test_bits_do_not_depend_on_the_thread_count():
+    """matmul and conv2d (every role, fixed and splitk) on 1, 2 and 4 threads, in fresh processes."""
+    results = {}
+    for threads in (1, 2, 4):
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+               "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        run = subprocess.run([sys.executable, "-c", THREAD_PROBE, str(threads)], env=env, cwd=ROOT,
+                             capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-2000:]
+        results[threads] = json.loads(run.stdout.strip().splitlines()[-1])
+    assert results[1] == results[2] == results[4], results
+
+
+def test_workers_leave_the_callers_thread_setting_alone():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        seen = []
+        run_blocks([lambda: seen.append(torch.get_num_threads()) for _ in range(4)])
+        assert seen == [1, 1, 1, 1], "every block runs torch on one thread"
+        assert torch.get_num_threads() == 2
+        later = []
+        thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        assert later == [2], "threads started afterwards get the caller's setting as before"
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_an_error_in_a_block_is_raised_in_the_caller():
+    threads = torch.get_num_threads()
+    done = []
+
+    def fail():
+        raise ValueError("block 1 failed")
+
+    try:
+        torch.set_num_threads(2)
+        with pytest.raises(ValueError, match="block 1 failed"):
+            run_blocks([lambda: done.append(0), fail, lambda: done.append(2)])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _matmul_in_child(queue):
+    # Small tensors only: torch's OpenMP pool, used by the parent, cannot run in a forked child.
+    out = gemm_emulate.gemm(torch.ones(40, 50), torch.ones(50, 30), Reduction(), 0, torch.float32)
+    queue.put(out.tolist())
+
+
+def test_a_forked_child_runs_blocks_of_its_own():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        run_blocks([lambda: None, lambda: None])  # the parent's workers exist
+        context = multiprocessing.get_context("fork")
+        queue = context.Queue()
+        child = context.Process(target=_matmul_in_child, args=(queue,))
+        child.start()
+        child.join(120)
+        assert child.exitcode == 0 and queue.get(timeout=5) == [[50.0] * 30] * 40
+    finally:
+        torch.set_num_threads(threads)
