@@ -215,12 +215,12 @@ class ConvProblem:
 # and fp32 (FMA, no tensor cores) at 64x64. Each entry is the largest tile, and the warps, that
 # compile without spilling on sm_80 and sm_90 under triton 3.6 and 3.8 (python -m kernels.aot;
 # e.g. fp32 64x64 spills its atomic store on 4 warps, 64x32 spills on 4 warps for fp16 and on
-# 8 for fp32). 128x128 needs the operands in the format's own dtype (fp16/bf16): converting
+# 8 for fp32, fp32 32x64 spills its gathered addresses with 3 stages). 128x128 needs the operands in the format's own dtype (fp16/bf16): converting
 # gathered fp32 operands in registers spills there. The smallest tiles give a ConstNet weight
 # gradient (160 x 1440) in one chunk enough programs to fill an H100/H200 (64x64 gave it 69).
 TENSOR_CORE_TILES = ((128, 128, 8), (64, 128, 8), (64, 64, 4), (64, 32, 8))
 TILES = {"fp16": TENSOR_CORE_TILES, "bf16": TENSOR_CORE_TILES, "tf32": TENSOR_CORE_TILES[1:],
-         "fp32": ((64, 64, 8), (32, 64, 4), (32, 32, 4))}
+         "fp32": ((64, 64, 8), (32, 32, 4))}
 BLOCK_K = 32
 
 

@@ -1,4 +1,4 @@
-"""How fast a training step runs under each reduction order, against torch's own kernels.
+"""How fast the emulate backend trains and reduces on this machine, against torch's own kernels.
 
 `step_times` builds the quick preset's network (ConstNet-10-1, zero init, on the bundled 8x8
 digits) once per reduction, patched exactly as a run patches it, and times its training step
@@ -7,6 +7,8 @@ all reductions are timed in turn, repeat after repeat, so that a shared machine'
 fall on every one alike; each gets the median of its warmed-up repeats. `step_peak_bytes` gives
 the peak of torch's live CPU tensor memory during one step (torch.profiler's allocation events,
 on one thread, where every block of the emulate backend runs in the profiled thread).
+`speed_report` gathers these with the per-role convolution and GEMM timings of probes.timing,
+each as a ratio to torch next to the goal it is held to.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from kernels import patch
+from probes.timing import conv_cases, gemm_cases, run_cases
 
 from .data import BatchLoader, load_dataset
 from .training.config import build_config
@@ -33,6 +36,11 @@ STEP_REDUCTIONS = {
     "atomic": {"reduction": "atomic", "splits": 8},
     "splitk32": {"reduction": "splitk", "splits": 32},
 }
+# Ratios to torch's own kernels (time, or peak memory against the fixed step) held as goals
+GOALS = {"step": {"fixed": 1.5, "splitk": 3.0, "atomic": 3.0, "splitk32": 4.0},
+         "conv": {"fixed": 2.0, "splitk": 3.0}, "gemm": {"fixed": 1.2, "splitk": 2.0}, "memory": {"splitk": 2.0}}
+# --shapes -> (conv layer presets, GEMM shape names) of probes.timing that the report times
+REPORT_SHAPES = {"cpu": (("quick", "cpu"), ("square-1024",)), "tiny": (("tiny",), ("square-64",))}
 
 
 def training_step(options: dict, batch_size: int = 64, seed: int = 0) -> Callable[[], None]:
@@ -93,3 +101,25 @@ def step_peak_bytes(options: dict, batch_size: int = 64) -> int:
         live += nbytes
         peak = max(peak, live)
     return peak
+
+
+def speed_report(shapes: str = "cpu", splits: int = 8, warmup: int = 5, repeats: int = 30, progress=None) -> dict:
+    """The emulate backend's figures against torch: {"step", "conv", "gemm", "memory"} -> rows,
+    each row with its "ratio" and the "goal" of GOALS (None where there is none)."""
+    device = torch.device("cpu")
+    conv_presets, gemm_names = REPORT_SHAPES[shapes]
+    steps = step_times(warmup=warmup, repeats=repeats)
+    report = {"step": [{"reduction": name, "ms": 1e3 * seconds, "ratio": seconds / steps["native"],
+                        "goal": GOALS["step"].get(name)} for name, seconds in steps.items()]}
+    cases = {"conv": [case for preset in conv_presets for case in conv_cases(preset)],
+             "gemm": [case for case in gemm_cases(shapes) if case.name in gemm_names]}
+    for kind, kind_cases in cases.items():
+        rows = run_cases(kind_cases, ("fixed", "splitk"), ("fp32",), "fp32", splits, "emulate", device, warmup,
+                         repeats, progress or (lambda row: None))
+        report[kind] = [{"case": row.case, "role": row.role, "shape": f"{row.m}x{row.n}x{row.k}", "mode": row.mode,
+                         "ours_ms": row.ours_ms, "torch_ms": row.torch_ms, "ratio": row.ratio,
+                         "goal": GOALS[kind][row.mode]} for row in rows]
+    peaks = {name: step_peak_bytes(STEP_REDUCTIONS[name]) for name in ("fixed", "splitk", "splitk32")}
+    report["memory"] = [{"reduction": name, "peak_mib": peak / 2**20, "ratio": peak / peaks["fixed"],
+                         "goal": GOALS["memory"].get(name)} for name, peak in peaks.items()]
+    return report

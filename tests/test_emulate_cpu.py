@@ -214,6 +214,7 @@ THREAD_PROBE = """
 import hashlib, json, sys, torch
 torch.set_num_threads(int(sys.argv[1]))
 from kernels import Policy, Reduction, conv2d, counting, matmul
+from nets.workloads import TrainingSetup, train
 digests = {}
 g = torch.Generator().manual_seed(5)
 a, b = torch.randn(64, 4096, generator=g), torch.randn(4096, 144, generator=g)
@@ -230,13 +231,17 @@ for name, r in reductions.items():
             y = conv2d(xi, wi, None, stride, 1, policy=r)
             y.backward(torch.ones_like(y) / 3)
             results += [y, xi.grad, wi.grad]
+    if name in ("fixed", "element"):  # three SGD steps of the quick preset's ConstNet-10-1
+        setup = TrainingSetup(net_options=(("depth", 10), ("widen", 1), ("init", "zero")), batch=64, in_channels=1)
+        results += list(train(setup, Policy.uniform(r))["states"][-1].values())
     digests[name] = hashlib.sha1(b"".join(t.detach().numpy().tobytes() for t in results)).hexdigest()
 print(json.dumps(digests))
 """
 
 
 def test_bits_do_not_depend_on_the_thread_count():
-    """matmul and conv2d (every role, fixed and splitk) on 1, 2 and 4 threads, in fresh processes."""
+    """matmul, conv2d (every role, fixed and splitk) and three training steps of the quick
+    preset's network on 1, 2 and 4 threads, in fresh processes."""
     results = {}
     for threads in (1, 2, 4):
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),

@@ -4,6 +4,7 @@
     python tools/bench.py gemm --shapes gpu --precisions fp16,bf16 --json gemm.json
     python tools/bench.py conv --shapes cpu       # ConstNet conv layers: forward, dgrad, wgrad
     python tools/bench.py allreduce               # DDP steps: fixed/splitk all-reduce vs native
+    python tools/bench.py step --repeats 30       # CPU: training steps, conv roles, GEMM, memory vs goals
 
 The table gives, per case x mode x precision, the median time of our kernel and of torch, TFLOP/s
 of both and their ratio (probes.timing says how each is measured and what the shape presets
@@ -26,6 +27,7 @@ import torch
 import nets
 from kernels import BACKENDS, KERNEL_ACCUMULATES, KERNEL_PRECISIONS, MODES, default_device, resolve_backend
 from nets.files import write_json
+from nets.step_timing import REPORT_SHAPES, speed_report
 from probes.collective import allreduce_timing
 from probes.device import describe_device, device_info
 from probes.table import format_table
@@ -122,16 +124,53 @@ def run_allreduce_benchmark(shapes, modes, device_name, warmup, repeats, json_pa
         write_json(json_path, result)
 
 
+KERNEL_COLUMNS = [("role", "role"), ("M x N x K", "shape"), ("mode", "mode"), ("ours ms", "ours_ms"),
+                  ("torch ms", "torch_ms"), ("ratio", "ratio"), ("goal", "goal")]
+STEP_TABLES = {  # report part -> its table's columns
+    "step": [("training step", "reduction"), ("median ms", "ms"), ("ratio", "ratio"), ("goal", "goal")],
+    "conv": [("conv layer", "case"), *KERNEL_COLUMNS],
+    "gemm": [("GEMM", "case"), *KERNEL_COLUMNS],
+    "memory": [("step peak", "reduction"), ("MiB", "peak_mib"), ("/ fixed", "ratio"), ("goal", "goal")],
+}
+
+
+def run_step_benchmark(shapes, splits, device_name, warmup, repeats, json_path, **kernel_options):
+    """The emulate backend's speed figures on this CPU (nets.step_timing), as tables."""
+    if shapes not in (None, *REPORT_SHAPES):
+        raise click.BadParameter(f"step times the {' or '.join(REPORT_SHAPES)} shapes, not {shapes!r}",
+                                 param_hint="--shapes")
+    if device_name is not None and torch.device(device_name).type != "cpu":
+        raise click.BadParameter("step times the emulate backend on the CPU; leave --device out",
+                                 param_hint="--device")
+    record = device_info()
+    click.echo(f"step on {describe_device(record)}; {torch.get_num_threads()} torch threads", err=True)
+    report = speed_report(shapes or "cpu", splits, warmup, repeats,
+                          lambda row: click.echo(f"  {row.case} {row.role} {row.mode}: {row.ratio:.2f}x", err=True))
+    for part, columns in STEP_TABLES.items():
+        click.echo(format_table(report[part], columns) + "\n")
+    if json_path is not None:
+        write_json(json_path, {"kind": "step", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                               "device": describe_device(record), "device_record": record,
+                               "settings": {"shapes": shapes or "cpu", "splits": splits, "warmup": warmup,
+                                            "repeats": repeats, "torch_threads": torch.get_num_threads()},
+                               **report})
+        click.echo(f"wrote {json_path}", err=True)
+
+
 @click.command(cls=ToolCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.argument("kind", type=click.Choice(["gemm", "conv", "allreduce"]), default="gemm", required=False)
+@click.argument("kind", type=click.Choice(["gemm", "conv", "allreduce", "step"]), default="gemm", required=False)
 @bench_options
 def cli(kind, **options):
     """Benchmark KIND: kernels.matmul vs torch.matmul over modes x precisions x shapes (gemm, the
     default), kernels.conv2d vs torch conv2d on ConstNet's layers per role (conv), or DDP steps of
     ConstNet's gradient with the fixed/splitk all-reduce vs native (allreduce; --shapes gpu/cpu:
-    ConstNet-16-10, 17.1M parameters)."""
+    ConstNet-16-10, 17.1M parameters), or the emulate backend on this CPU against its goals (step:
+    training steps of the quick preset's network per reduction, conv roles of the quick network and
+    of ConstNet-16-10 at batch 8, GEMM 1024^3, peak memory of a step; --shapes tiny: small cases)."""
     if kind == "allreduce":
         run_allreduce_benchmark(**options)
+    elif kind == "step":
+        run_step_benchmark(**options)
     else:
         run_benchmark(kind, **options)
 
