@@ -39,11 +39,16 @@ from .order_cpu import BlockOrder, Placement, reduce_block
 from .reduction import Reduction
 from .workers_emulate import run_blocks
 
-# Multiply-adds a run or piece aims at: a torch convolution costs as much as millions of them
-# before it starts, a matmul far fewer; smaller pieces of work cost more than they save.
-CONV_BLOCK_PRODUCTS = 1 << 25
-GEMM_BLOCK_PRODUCTS = 1 << 23
-BLOCK_BYTES = 1 << 21  # the chunk partials of one run of images stay within one core's L2 cache
+# Sizes of the blocks of work, in multiply-adds and bytes. A torch convolution call costs as much
+# as tens of millions of multiply-adds before it starts, a matmul far fewer; a convolution split
+# into more calls loses efficiency. A run's matmul partials stay in a core's cache, a run's
+# convolution partials within bounded memory; so do the weight gradient's pieces.
+CONV_RUN_PRODUCTS = 1 << 25
+CONV_MAX_RUNS = 4
+GEMM_RUN_PRODUCTS = 1 << 23
+CACHE_BYTES = 1 << 21
+RUN_BYTES = 1 << 25
+PIECE_BYTES = 1 << 24
 
 
 class _Role(NamedTuple):
@@ -60,11 +65,14 @@ def _run(*roles: _Role) -> list[torch.Tensor]:
     return [role.finish() for role in roles]
 
 
-def _torch_conv_applies(x: torch.Tensor, meets_zeros: torch.Tensor) -> bool:
-    """Whether torch's CPU convolution of x's dtype forms the one chunk's partial as specified:
-    a plain sum of exact products (oneDNN's direct convolution in IEEE fp32, or fp64), and
-    `meets_zeros`, the operand multiplied by the padding and inserted zeros of the GEMM, is
-    finite (torch skips those products, where 0 * inf would give NaN)."""
+def _torch_conv_applies(reduction: Reduction, x: torch.Tensor, meets_zeros: torch.Tensor) -> bool:
+    """Whether torch's CPU convolution forms the role's one chunk (splits 1) as specified: a plain
+    sum of exact products (oneDNN's direct convolution in IEEE fp32, or fp64), and `meets_zeros`,
+    the operand the GEMM multiplies by padding and inserted zeros, is finite (torch skips those
+    products, where 0 * inf would give NaN). With several chunks, a call per chunk costs more than
+    the role's matmuls."""
+    if reduction.splits > 1:
+        return False
     if x.dtype != torch.float64 and not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
                                          and torch.backends.mkldnn.conv.fp32_precision in ("none", "ieee")):
         return False
@@ -73,19 +81,20 @@ def _torch_conv_applies(x: torch.Tensor, meets_zeros: torch.Tensor) -> bool:
 
 def _runs(length: int, count: int) -> list[tuple[int, int]]:
     """range(length) cut into `count` runs whose lengths differ by at most one."""
+    count = min(max(count, 1), length)
     return [(i * length // count, (i + 1) * length // count) for i in range(count)]
 
 
-def _image_runs(batch: int, per_image_products: int, per_image_bytes: int, products: int):
-    """Runs of images [b0, b1), as few as keep each under `products` multiply-adds and its
-    partials under BLOCK_BYTES: a function of the shapes alone."""
-    count = max(-(-batch * per_image_products // products), -(-batch * per_image_bytes // BLOCK_BYTES), 1)
-    return _runs(batch, min(batch, count))
+def _run_count(total_products: int, total_bytes: int, conv: bool) -> int:
+    """How many runs a role's work is cut into: a function of the shapes alone (see above)."""
+    if conv:
+        return max(min(-(-total_products // CONV_RUN_PRODUCTS), CONV_MAX_RUNS), -(-total_bytes // RUN_BYTES))
+    return max(-(-total_products // GEMM_RUN_PRODUCTS), -(-total_bytes // CACHE_BYTES))
 
 
-def _whole(operand, conv, per_image_products: int, reduction: Reduction, out_dtype) -> _Role:
-    """One chunk: conv(images) on runs of images, concatenated."""
-    runs = _image_runs(operand.shape[0], per_image_products, 0, CONV_BLOCK_PRODUCTS)
+def _whole(operand, conv, products: int, reduction: Reduction, out_dtype) -> _Role:
+    """The one chunk of a forward or input-gradient role: conv(images) on runs of images."""
+    runs = _runs(operand.shape[0], _run_count(products, 0, conv=True))
     results = [None] * len(runs)
 
     def block(i, b0, b1):
@@ -98,10 +107,11 @@ def _whole(operand, conv, per_image_products: int, reduction: Reduction, out_dty
     return _Role([lambda i=i, r=r: block(i, *r) for i, r in enumerate(runs)], finish)
 
 
-def _chunked(operand, weights, unfold, channels, pixels, reduction: Reduction, key, out_dtype) -> _Role:
-    """Several chunks: weights (channels, K) times unfold(images) (K, images * pixels) per run of
-    images, each run's partials added in order into the (batch, channels, pixels) result."""
-    batch, k = operand.shape[0], weights.shape[1]
+def _chunked(operand, weights, unfold, pixels, reduction: Reduction, key, out_dtype) -> _Role:
+    """A forward or input-gradient role by runs of images of `operand` (batch first): weights
+    (channels, K) times unfold(images), (K, images * pixels), for each chunk of K, and the run's
+    partials added in their order into the (batch, channels, pixels) result."""
+    (batch, channels), k = (operand.shape[0], weights.shape[0]), weights.shape[1]
     out = torch.empty(batch, channels, pixels, dtype=out_dtype)
     acc_dtype = ACCUMULATE_DTYPES[reduction.accumulate]
     order = BlockOrder(reduction.splits, gemm_emulate.call_key(reduction, key), reduction.granularity, batch * pixels)
@@ -112,9 +122,8 @@ def _chunked(operand, weights, unfold, channels, pixels, reduction: Reduction, k
         reduce_block(partials.to(acc_dtype), out[b0:b1].transpose(0, 1), order,
                      Placement((0, 1, 0, 0), (b0 * pixels, 0, pixels, 1)))
 
-    per_image = channels * pixels
-    runs = _image_runs(batch, per_image * k, 4 * len(bounds) * per_image, GEMM_BLOCK_PRODUCTS)
-    return _Role([lambda r=r: block(*r) for r in runs], lambda: out)
+    count = _run_count(batch * channels * k * pixels, 4 * batch * (len(bounds) * channels + k) * pixels, conv=False)
+    return _Role([lambda r=r: block(*r) for r in _runs(batch, count)], lambda: out)
 
 
 def _forward(x, w, stride, padding, reduction: Reduction, out_dtype) -> _Role:
@@ -131,11 +140,11 @@ def _forward(x, w, stride, padding, reduction: Reduction, out_dtype) -> _Role:
         out = gemm_emulate.gemm(w.view(cout, k), patch_matrix(x, (kh, kw), stride, padding), reduction, key, out_dtype)
         return _done(_channels_first(out, batch, size))
     pixels = size[0] * size[1]
-    if reduction.splits == 1 and _torch_conv_applies(x, w):
-        return _whole(x, lambda images: F.conv2d(images, w, None, stride, padding), cout * k * pixels,
+    if _torch_conv_applies(reduction, x, w):
+        return _whole(x, lambda images: F.conv2d(images, w, None, stride, padding), batch * cout * k * pixels,
                       reduction, out_dtype)
-    role = _chunked(x, w.view(cout, k), lambda images: patch_matrix(images, (kh, kw), stride, padding),
-                    cout, pixels, reduction, key, out_dtype)
+    role = _chunked(x, w.view(cout, k), lambda images: patch_matrix(images, (kh, kw), stride, padding), pixels,
+                    reduction, key, out_dtype)
     return role._replace(finish=lambda: role.finish().view(batch, cout, *size))
 
 
@@ -153,14 +162,14 @@ def _input_grad(grad_out, w, input_size, stride, padding, reduction: Reduction, 
         taps = output_grad_taps(grad_out, input_size, (kh, kw), stride, padding)
         return _done(_channels_first(gemm_emulate.gemm(weights_t, taps, reduction, key, out_dtype), batch, input_size))
     pixels = input_size[0] * input_size[1]
-    if reduction.splits == 1 and _torch_conv_applies(grad_out, w):
+    if _torch_conv_applies(reduction, grad_out, w):
         # output_padding: the input rows and columns past the last output position's reach
         extra = [size - ((n - 1) * s - 2 * p + kk) for size, n, s, p, kk in
                  zip(input_size, grad_out.shape[2:], stride, padding, (kh, kw))]
         return _whole(grad_out, lambda images: F.conv_transpose2d(images, w, None, stride, padding, extra),
-                      cin * k * pixels, reduction, out_dtype)
+                      batch * cin * k * pixels, reduction, out_dtype)
     role = _chunked(grad_out, weights_t, lambda images: output_grad_taps(images, input_size, (kh, kw), stride, padding),
-                    cin, pixels, reduction, key, out_dtype)
+                    pixels, reduction, key, out_dtype)
     return role._replace(finish=lambda: role.finish().view(batch, cin, *input_size))
 
 
@@ -178,37 +187,44 @@ def _weight_grad(x, grad_out, kernel_size, stride, padding, reduction: Reduction
     if x.device.type != "cpu":
         cols = patch_matrix(x, kernel_size, stride, padding)
         return _done(gemm_emulate.gemm(grads, cols.t(), reduction, key, out_dtype).view(cout, cin, kh, kw))
-    whole = reduction.splits == 1 and _torch_conv_applies(x, grad_out)
-    runs = _image_runs(batch, cout * n * pixels, 0, CONV_BLOCK_PRODUCTS if whole else GEMM_BLOCK_PRODUCTS)
+    bounds = chunk_bounds(k, reduction.splits)
+    conv = _torch_conv_applies(reduction, x, grad_out)
+    count = min(_run_count(cout * n * k, 4 * (n + cout) * k, conv), max(2, PIECE_BYTES // (4 * cout * n)))
+    runs = _runs(batch, count)
     starts = [b0 * pixels for b0, _ in runs]
-    pieces = _pieces(chunk_bounds(k, reduction.splits), starts[1:])
+    pieces = _pieces(bounds, starts[1:])  # (lo, hi, chunk): a chunk's pieces lie in one run each
     firsts = [bisect.bisect_left(pieces, (start,)) for start in starts] + [len(pieces)]
     products = x.new_empty(len(pieces), cout, n)
 
     def block(r, b0, b1):
-        if whole:  # one chunk, so the run is one piece
-            dw = torch.nn.grad.conv2d_weight(x[b0:b1], (cout, cin, kh, kw), grad_out[b0:b1], stride, padding)
-            products[firsts[r]] = dw.view(cout, n)
-            return
-        cols = patch_matrix(x[b0:b1], kernel_size, stride, padding)
+        cols = None
         for i in range(firsts[r], firsts[r + 1]):
             lo, hi, _ = pieces[i]
+            if conv:  # the one chunk: the run is one piece of whole images
+                dw = torch.nn.grad.conv2d_weight(x[b0:b1], (cout, cin, kh, kw), grad_out[b0:b1], stride, padding)
+                products[i] = dw.view(cout, n)
+                continue
+            cols = patch_matrix(x[b0:b1], kernel_size, stride, padding) if cols is None else cols
             torch.mm(grads[:, lo:hi], cols[:, lo - starts[r]: hi - starts[r]].t(), out=products[i])
 
-    def finish():
-        partials = products
-        if len(pieces) > reduction.splits:  # the pieces of a chunk added in piece order
-            partials = x.new_empty(reduction.splits, cout, n)
+    out = torch.empty(cout, n, dtype=out_dtype)
+    acc_dtype = ACCUMULATE_DTYPES[reduction.accumulate]
+    order = BlockOrder(reduction.splits, gemm_emulate.call_key(reduction, key), reduction.granularity, n)
+
+    def rows(r0, r1):  # the chunks of these rows from their pieces, added in piece order; then in order
+        partials = products[:, r0:r1]
+        if len(pieces) > len(bounds):
+            partials = x.new_empty(len(bounds), r1 - r0, n)
             for i, (_, _, s) in enumerate(pieces):
                 if i == 0 or pieces[i - 1][2] != s:
-                    partials[s] = products[i]
+                    partials[s] = products[i, r0:r1]
                 else:
-                    partials[s] += products[i]
-        out = torch.empty(cout, cin, kh, kw, dtype=out_dtype)
-        order = BlockOrder(reduction.splits, gemm_emulate.call_key(reduction, key), reduction.granularity, n)
-        reduce_block(partials.to(ACCUMULATE_DTYPES[reduction.accumulate])[:, None], out.view(1, cout, n), order,
-                     Placement((0, 0, 1, 0), (0, 0, 0, 1)))
-        return out
+                    partials[s] += products[i, r0:r1]
+        reduce_block(partials.to(acc_dtype)[:, None], out[None, r0:r1], order, Placement((r0, 0, 1, 0), (0, 0, 0, 1)))
+
+    def finish():
+        run_blocks([lambda r=r: rows(*r) for r in _runs(cout, -(-4 * len(pieces) * cout * n // CACHE_BYTES))])
+        return out.view(cout, cin, kh, kw)
 
     return _Role([lambda r=r, run=run: block(r, *run) for r, run in enumerate(runs)], finish)
 

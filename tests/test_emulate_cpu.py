@@ -177,10 +177,12 @@ CONV_REDUCTIONS = REDUCTIONS + [Reduction("splitk", splits=4, granularity="eleme
 @pytest.mark.parametrize("config", CONV_CONFIGS, ids=lambda c: "n{}-{}to{}-{}x{}-k{}s{}p{}".format(c[0], c[1], c[2], c[3], c[3], *c[4:]))
 def test_every_role_is_its_specified_gemm_bit_for_bit(generator, monkeypatch, config, reduction):
     """Integer-valued tensors (exact chunk partials), with tiny blocks so that every role is cut
-    into several runs of images and the weight gradient's chunks into pieces; call numbers
-    forward 0, input_grad 1, weight_grad 2."""
-    monkeypatch.setattr(conv_emulate, "CONV_BLOCK_PRODUCTS", 1)
-    monkeypatch.setattr(conv_emulate, "GEMM_BLOCK_PRODUCTS", 3000)
+    into several runs of images, the weight gradient's chunks into pieces and its sum into
+    several row blocks; call numbers forward 0, input_grad 1, weight_grad 2."""
+    monkeypatch.setattr(conv_emulate, "CONV_RUN_PRODUCTS", 1)
+    monkeypatch.setattr(conv_emulate, "CONV_MAX_RUNS", 3)
+    monkeypatch.setattr(conv_emulate, "GEMM_RUN_PRODUCTS", 3000)
+    monkeypatch.setattr(conv_emulate, "CACHE_BYTES", 2000)
     batch, c_in, c_out, size, kernel, stride, padding = config
     x = torch.randint(-3, 4, (batch, c_in, size, size), generator=generator).float()
     w = torch.randint(-3, 4, (c_out, c_in, kernel, kernel), generator=generator).float()
