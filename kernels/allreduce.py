@@ -79,7 +79,10 @@ def ordered_mean(stack: torch.Tensor, spec: AllReduce, call: int = 0, start: int
         key = call_key(spec.seed, call)
         if stack.device.type == "cpu" and stack.dtype in order_cpu.SUMMABLE_DTYPES and n >= COMPILED_MIN_ELEMENTS:
             # an (n, 1) output whose first row is `start`: element e's order index is start + e
-            summed = order_cpu.sum_in_order(stack.reshape(ranks, n, 1), key, spec.granularity, first_row=start)
+            summed = torch.empty(n, 1, 1, dtype=stack.dtype)
+            order = order_cpu.BlockOrder(ranks, key, spec.granularity, n_total=1)
+            place = order_cpu.Placement(rows=(start, 1, 0, 0), cols=(0, 0, 0, 0))
+            order_cpu.reduce_block(stack.reshape(ranks, n, 1, 1), summed, order, place)
             return summed.view(n).div_(ranks)
         positions = torch.arange(start, start + n, dtype=torch.int64, device=stack.device)
         stack = torch.gather(stack, 0, chunk_order(key, order_indices(positions, spec.granularity), ranks))

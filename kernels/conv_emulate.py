@@ -67,14 +67,13 @@ def _run(*roles: _Role) -> list[torch.Tensor]:
 
 def _torch_conv_applies(reduction: Reduction, x: torch.Tensor, meets_zeros: torch.Tensor) -> bool:
     """Whether torch's CPU convolution forms the role's one chunk (splits 1) as specified: a plain
-    sum of exact products (oneDNN's direct convolution in IEEE fp32, or fp64), and `meets_zeros`,
-    the operand the GEMM multiplies by padding and inserted zeros, is finite (torch skips those
-    products, where 0 * inf would give NaN). With several chunks, a call per chunk costs more than
-    the role's matmuls."""
+    sum of exact products (oneDNN's direct convolution, in IEEE fp32 on the workers, or fp64's
+    im2col), and `meets_zeros`, the operand the GEMM multiplies by padding and inserted zeros, is
+    finite (torch skips those products, where 0 * inf would give NaN). With several chunks, a call
+    per chunk costs more than the role's matmuls."""
     if reduction.splits > 1:
         return False
-    if x.dtype != torch.float64 and not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-                                         and torch.backends.mkldnn.conv.fp32_precision in ("none", "ieee")):
+    if x.dtype != torch.float64 and not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
         return False
     return all(map(math.isfinite, torch.aminmax(meets_zeros)))  # NaN propagates into both
 
@@ -189,7 +188,8 @@ def _weight_grad(x, grad_out, kernel_size, stride, padding, reduction: Reduction
         return _done(gemm_emulate.gemm(grads, cols.t(), reduction, key, out_dtype).view(cout, cin, kh, kw))
     bounds = chunk_bounds(k, reduction.splits)
     conv = _torch_conv_applies(reduction, x, grad_out)
-    count = min(_run_count(cout * n * k, 4 * (n + cout) * k, conv), max(2, PIECE_BYTES // (4 * cout * n)))
+    count = _run_count(cout * n * k, 0 if conv else 4 * (n + cout) * k, conv)
+    count = min(count, max(2, PIECE_BYTES // (4 * cout * n)))  # pieces within bounded memory
     runs = _runs(batch, count)
     starts = [b0 * pixels for b0, _ in runs]
     pieces = _pieces(bounds, starts[1:])  # (lo, hi, chunk): a chunk's pieces lie in one run each

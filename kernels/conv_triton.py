@@ -15,8 +15,9 @@ outside the output, load exact zeros (masked loads), so K is the same for every 
 Program (tile, s) reduces K chunk s (kernels.order.chunk_bounds) and hands its fp32 partial to
 kernels.triton_launch.store_partial; the target is the result tensor itself for one chunk, else
 a workspace or atomic target that kernels.order_triton.finish_target reduces in the mode's
-order. Stores address the target through (m, n0, n1, n2) strides, n split as the role's output
-index (b, oy, ox), (b, y, x) or (ci, ky, kx), so a one-chunk result lands in NCHW directly.
+order. A one-chunk result is stored through (m, n0, n1, n2) strides, n split as the role's
+output index (b, oy, ox), (b, y, x) or (ci, ky, kx), so it lands in NCHW directly; a workspace or
+atomic target is a dense (M, N) matrix per chunk.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from .order_triton import allocate_target, finish_target, target_kind
 from .reduction import Reduction
 from .triton_launch import (
     INTERPRETED,
+    GPU_STAGES,
     INTERPRETER_CONFIG,
     NATIVE_DTYPE,
     Launch,
@@ -156,12 +158,11 @@ def conv_kernel(
                                   ROLE, KH, KW, STRIDE_H, STRIDE_W, PAD_H, PAD_W, BLOCK_K)
             acc = mma(dot_operand(a, PRECISION), dot_operand(b, PRECISION), acc, PRECISION)
 
-    target = (
-        target_ptr
-        + pid_k.to(tl.int64) * stride_ts
-        + offs_m[:, None] * stride_tm
-        + (n0 * stride_t0 + n1 * stride_t1 + n2 * stride_t2)[None, :]
-    )
+    if TARGET == "direct":  # the result tensor, through its (n0, n1, n2) strides
+        columns = n0 * stride_t0 + n1 * stride_t1 + n2 * stride_t2
+    else:  # a dense (M, N) matrix per chunk: contiguous columns let the stores vectorize
+        columns = offs_n
+    target = target_ptr + pid_k.to(tl.int64) * stride_ts + offs_m[:, None] * stride_tm + columns[None, :]
     store_partial(acc, target, m_in[:, None] & n_in[None, :], TARGET, ACCUMULATE)
 
 
@@ -215,9 +216,10 @@ class ConvProblem:
 # and fp32 (FMA, no tensor cores) at 64x64. Each entry is the largest tile, and the warps, that
 # compile without spilling on sm_80 and sm_90 under triton 3.6 and 3.8 (python -m kernels.aot;
 # e.g. fp32 64x64 spills its atomic store on 4 warps, 64x32 spills on 4 warps for fp16 and on
-# 8 for fp32, fp32 32x64 spills its gathered addresses with 3 stages). 128x128 needs the operands in the format's own dtype (fp16/bf16): converting
-# gathered fp32 operands in registers spills there. The smallest tiles give a ConstNet weight
-# gradient (160 x 1440) in one chunk enough programs to fill an H100/H200 (64x64 gave it 69).
+# 8 for fp32, fp32 32x64 spills its gathered addresses). 128x128 needs the operands in the
+# format's own dtype (fp16/bf16): converting gathered fp32 operands in registers spills there.
+# The smallest tiles give a ConstNet weight gradient (160 x 1440) in one chunk enough programs
+# to fill an H100/H200 (64x64 gave it 69).
 TENSOR_CORE_TILES = ((128, 128, 8), (64, 128, 8), (64, 64, 4), (64, 32, 8))
 TILES = {"fp16": TENSOR_CORE_TILES, "bf16": TENSOR_CORE_TILES, "tf32": TENSOR_CORE_TILES[1:],
          "fp32": ((64, 64, 8), (32, 32, 4))}
@@ -231,7 +233,8 @@ def conv_config(precision: str, dtypes, m: int, n: int, splits: int) -> LaunchCo
     if precision in ("fp16", "bf16") and any(dtype != NATIVE_DTYPE[precision] for dtype in dtypes):
         tiles = tiles[1:]
     block_m, block_n, warps = pick_tile(tiles, m, n, splits)
-    return LaunchConfig(block_m, block_n, BLOCK_K, warps)
+    # fp32 gathers are 4-byte cp.async copies with an address each: two stages keep them in registers
+    return LaunchConfig(block_m, block_n, BLOCK_K, warps, 2 if precision == "fp32" else GPU_STAGES)
 
 
 READS = {"forward": ("x", "w"), "input_grad": ("w", "dy"), "weight_grad": ("x", "dy")}

@@ -10,13 +10,16 @@ element's order: the bits are the same on 1, 2 or 4 threads.
 Each worker sets torch's intra-op threads to 1 for itself (OpenMP's and MKL's settings are
 per thread); torch also keeps that number as the default for threads started later, so the
 caller's setting is put back as the default once the workers run. A caller whose torch runs
-on one thread already does the blocks itself. A forked child starts a pool of its own.
+on one thread already does the blocks itself. A forked child starts a pool of its own. Blocks
+run with torch's CPU matmuls and convolutions in IEEE fp32, whatever torch is set to otherwise
+(torch.set_float32_matmul_precision("medium") would let them round fp32 operands to bf16).
 """
 from __future__ import annotations
 
 import os
 import queue
 import threading
+from contextlib import contextmanager
 from typing import Callable, Sequence
 
 import torch
@@ -65,12 +68,32 @@ def _pool() -> _Pool:
         return _POOL
 
 
+@contextmanager
+def _ieee_fp32():
+    """torch's oneDNN matmul and convolution settings at IEEE fp32 for the block, then as they were."""
+    settings = [torch.backends.mkldnn.matmul, torch.backends.mkldnn.conv]
+    changed = [(setting, setting.fp32_precision) for setting in settings
+               if setting.fp32_precision not in ("none", "ieee")]
+    for setting, _ in changed:
+        setting.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        for setting, precision in changed:
+            setting.fp32_precision = precision
+
+
 def run_blocks(blocks: Sequence[Callable[[], None]]) -> None:
     """Run every block once, on as many single-threaded workers as torch has threads here.
 
     Blocks must write disjoint outputs; they are taken in list order by whichever worker is
     free. The first exception a block raises is raised here after all workers are done.
     """
+    with _ieee_fp32():
+        _run(blocks)
+
+
+def _run(blocks: Sequence[Callable[[], None]]) -> None:
     threads = torch.get_num_threads()
     if threads == 1:
         for block in blocks:

@@ -209,6 +209,28 @@ def test_non_finite_operands_meet_the_padding_as_the_gemm_does(generator, poison
     assert bool(got["forward" if poisoned == "w" else "weight_grad"].isnan().any()), "the test must reach a NaN"
 
 
+def test_torch_reduced_precision_settings_do_not_reach_the_emulation(generator):
+    """torch.set_float32_matmul_precision("medium") makes torch's CPU matmul round fp32 operands
+    to bf16; the emulated GEMM and convolutions keep summing IEEE fp32 products."""
+    a, b = torch.randn(64, 300, generator=generator), torch.randn(300, 80, generator=generator)
+    x, w = torch.randn(4, 6, 9, 9, generator=generator), torch.randn(5, 6, 3, 3, generator=generator)
+    gy = torch.randn(4, 5, 9, 9, generator=generator)
+
+    def results():
+        fixed = Reduction()
+        return [gemm_emulate.gemm(a, b, fixed, 0, torch.float32),
+                *emulated_roles(x, w, gy, 1, 1, fixed).values(), *emulated_roles(x, w, gy, 1, 1, REDUCTIONS[2]).values()]
+
+    expected = results()
+    saved = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        assert (a @ b - expected[0]).abs().max() > 1e-3, "torch's own matmul must round to bf16 here"
+        assert all(torch.equal(got, want) for got, want in zip(results(), expected))
+    finally:
+        torch.set_float32_matmul_precision(saved)
+
+
 # ------------------------------------------------------------------ threads
 
 
