@@ -29,7 +29,7 @@ from .workers_emulate import run_blocks
 
 TILE_ROWS, TILE_COLS = 256, 512  # largest tile: enough tiles to share, b's column slice stays in cache
 TILE_BYTES = 1 << 21  # the chunk partials of one tile fit in one core's L2 cache
-TILE_MIN_PRODUCTS = 1 << 20  # a tile of fewer multiply-adds costs more to hand out than to compute
+TILE_MIN_PRODUCTS = 1 << 22  # a tile of fewer multiply-adds costs more to hand out than to compute
 
 
 def chunk_partials(a: torch.Tensor, b: torch.Tensor, reduction: Reduction) -> torch.Tensor:
