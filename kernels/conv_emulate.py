@@ -46,9 +46,10 @@ from .workers_emulate import run_blocks
 CONV_RUN_PRODUCTS = 1 << 25
 CONV_MAX_RUNS = 4
 GEMM_RUN_PRODUCTS = 1 << 23
-CACHE_BYTES = 1 << 21
+CACHE_BYTES = 1 << 23
 RUN_BYTES = 1 << 25
 PIECE_BYTES = 1 << 24
+SUM_ELEMENTS = 1 << 16  # a block of the weight gradient's ordered sum: fewer elements cost more to hand out
 
 
 class _Role(NamedTuple):
@@ -222,8 +223,9 @@ def _weight_grad(x, grad_out, kernel_size, stride, padding, reduction: Reduction
                     partials[s] += products[i, r0:r1]
         reduce_block(partials.to(acc_dtype)[:, None], out[None, r0:r1], order, Placement((r0, 0, 1, 0), (0, 0, 0, 1)))
 
-    def finish():
-        run_blocks([lambda r=r: rows(*r) for r in _runs(cout, -(-4 * len(pieces) * cout * n // CACHE_BYTES))])
+    def finish():  # in row blocks whose pieces fit in cache, of at least SUM_ELEMENTS elements each
+        count = min(-(-4 * len(pieces) * cout * n // CACHE_BYTES), -(-cout * n // SUM_ELEMENTS))
+        run_blocks([lambda r=r: rows(*r) for r in _runs(cout, count)])
         return out.view(cout, cin, kh, kw)
 
     return _Role([lambda r=r, run=run: block(r, *run) for r, run in enumerate(runs)], finish)

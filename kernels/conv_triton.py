@@ -233,8 +233,8 @@ def conv_config(precision: str, dtypes, m: int, n: int, splits: int) -> LaunchCo
     if precision in ("fp16", "bf16") and any(dtype != NATIVE_DTYPE[precision] for dtype in dtypes):
         tiles = tiles[1:]
     block_m, block_n, warps = pick_tile(tiles, m, n, splits)
-    # fp32 gathers are 4-byte cp.async copies with an address each: two stages keep them in registers
-    return LaunchConfig(block_m, block_n, BLOCK_K, warps, 2 if precision == "fp32" else GPU_STAGES)
+    # fp32 gathers pipeline as 4-byte cp.async copies, an address each: they spill (triton 3.6)
+    return LaunchConfig(block_m, block_n, BLOCK_K, warps, 1 if precision == "fp32" else GPU_STAGES)
 
 
 READS = {"forward": ("x", "w"), "input_grad": ("w", "dy"), "weight_grad": ("x", "dy")}

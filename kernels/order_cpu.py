@@ -112,7 +112,7 @@ def _sum_block(partials, table, table_rows, out):  # pragma: no cover - compiled
     for a in range(extent_a):
         for b in range(extent_b):
             for c in range(extent_c):
-                row = np.int64(table_rows[a, b, c])
+                row = table_rows[a, b, c]
                 running = partials[table[row, 0], a, b, c]
                 for position in range(1, splits):
                     running += partials[table[row, position], a, b, c]
@@ -125,7 +125,7 @@ def _gather_block(partials, table, table_rows, out):  # pragma: no cover - compi
     for a in range(extent_a):
         for b in range(extent_b):
             for c in range(extent_c):
-                row = np.int64(table_rows[a, b, c])
+                row = table_rows[a, b, c]
                 for position in range(splits):
                     out[position, a, b, c] = partials[table[row, position], a, b, c]
 
@@ -156,7 +156,7 @@ def _add_in_sequence(partials: torch.Tensor, sequence: list[int], out: torch.Ten
 
 
 def _compiled(kernel, partials: torch.Tensor, out: torch.Tensor, order: BlockOrder, place: Placement) -> None:
-    table_rows = _table_rows(tuple(out.shape), np.uint32(order.key), GRANULARITY_CODES[order.granularity],
+    table_rows = _table_rows(tuple(partials.shape[1:]), np.uint32(order.key), GRANULARITY_CODES[order.granularity],
                              np.array(place.rows, dtype=np.int64), np.array(place.cols, dtype=np.int64), order.n_total)
     kernel(partials.numpy(), order.table, table_rows, out.numpy())
 

@@ -111,14 +111,16 @@ def speed_report(shapes: str = "cpu", splits: int = 8, warmup: int = 5, repeats:
     steps = step_times(warmup=warmup, repeats=repeats)
     report = {"step": [{"reduction": name, "ms": 1e3 * seconds, "ratio": seconds / steps["native"],
                         "goal": GOALS["step"].get(name)} for name, seconds in steps.items()]}
-    cases = {"conv": [case for preset in conv_presets for case in conv_cases(preset)],
-             "gemm": [case for case in gemm_cases(shapes) if case.name in gemm_names]}
-    for kind, kind_cases in cases.items():
+    # one run_cases per preset: it reuses torch's time across cases of one name, and presets share names
+    cases = [("conv", preset, conv_cases(preset)) for preset in conv_presets]
+    cases.append(("gemm", shapes, [case for case in gemm_cases(shapes) if case.name in gemm_names]))
+    for kind, preset, kind_cases in cases:
         rows = run_cases(kind_cases, ("fixed", "splitk"), ("fp32",), "fp32", splits, "emulate", device, warmup,
                          repeats, progress or (lambda row: None))
-        report[kind] = [{"case": row.case, "role": row.role, "shape": f"{row.m}x{row.n}x{row.k}", "mode": row.mode,
-                         "ours_ms": row.ours_ms, "torch_ms": row.torch_ms, "ratio": row.ratio,
-                         "goal": GOALS[kind][row.mode]} for row in rows]
+        report.setdefault(kind, []).extend(
+            {"case": f"{preset} {row.case}", "role": row.role, "shape": f"{row.m}x{row.n}x{row.k}", "mode": row.mode,
+             "ours_ms": row.ours_ms, "torch_ms": row.torch_ms, "ratio": row.ratio, "goal": GOALS[kind][row.mode]}
+            for row in rows)
     peaks = {name: step_peak_bytes(STEP_REDUCTIONS[name]) for name in ("fixed", "splitk", "splitk32")}
     report["memory"] = [{"reduction": name, "peak_mib": peak / 2**20, "ratio": peak / peaks["fixed"],
                          "goal": GOALS["memory"].get(name)} for name, peak in peaks.items()]

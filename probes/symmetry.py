@@ -83,7 +83,11 @@ def row_similarity_mean(rows: torch.Tensor, kind: str = "cosine") -> float:
     gram = rows @ rows.T
     norms = gram.diagonal().clamp_min(0).sqrt()
     outer = norms[:, None] * norms[None, :]
-    similarity = torch.where(outer > 0, gram / outer, 1.0).clamp(-1.0, 1.0)
+    # Equal rows are exactly alike: their quotient could round an ulp below 1 (a sum of squares
+    # over the product of its square roots), which would read as broken symmetry.
+    _, group = torch.unique(rows, dim=0, return_inverse=True)
+    alike = (group[:, None] == group[None, :]) | (outer == 0)
+    similarity = torch.where(alike, 1.0, gram / outer).clamp(-1.0, 1.0)
     off_diagonal = similarity.sum() - similarity.diagonal().sum()
     return float(off_diagonal / (n * (n - 1)))
 

@@ -183,6 +183,7 @@ def test_every_role_is_its_specified_gemm_bit_for_bit(generator, monkeypatch, co
     monkeypatch.setattr(conv_emulate, "CONV_MAX_RUNS", 3)
     monkeypatch.setattr(conv_emulate, "GEMM_RUN_PRODUCTS", 3000)
     monkeypatch.setattr(conv_emulate, "CACHE_BYTES", 2000)
+    monkeypatch.setattr(conv_emulate, "SUM_ELEMENTS", 16)
     batch, c_in, c_out, size, kernel, stride, padding = config
     x = torch.randint(-3, 4, (batch, c_in, size, size), generator=generator).float()
     w = torch.randint(-3, 4, (c_out, c_in, kernel, kernel), generator=generator).float()
