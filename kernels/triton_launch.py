@@ -235,10 +235,19 @@ INTERPRETER_CONFIG = LaunchConfig(block_m=32, block_n=32, block_k=32, num_warps=
 
 
 def pick_tile(tiles, m: int, n: int, splits: int) -> tuple:
-    """The first of `tiles` ((BLOCK_M, BLOCK_N, ...), largest first) whose grid, tiles x splits,
-    has TARGET_PROGRAMS programs, else the last (smallest)."""
-    return next((t for t in tiles if triton.cdiv(m, t[0]) * triton.cdiv(n, t[1]) * splits >= TARGET_PROGRAMS),
-                tiles[-1])
+    """The first of `tiles` ((BLOCK_M, BLOCK_N, ...), largest first) that is no taller or wider
+    than the problem needs and whose grid, tiles x splits, has TARGET_PROGRAMS programs, else
+    the last (smallest).
+
+    A tile "no taller than needed" has BLOCK_M at most m rounded up to a power of two, or the
+    smallest BLOCK_M offered (likewise for N): a 3-row problem gets no 128-row tile, whose idle
+    rows cost registers (and made one such variant spill) for nothing.
+    """
+    shortest, narrowest = min(t[0] for t in tiles), min(t[1] for t in tiles)
+    fitting = [t for t in tiles if t[0] <= max(triton.next_power_of_2(m), shortest)
+               and t[1] <= max(triton.next_power_of_2(n), narrowest)]
+    return next((t for t in fitting if triton.cdiv(m, t[0]) * triton.cdiv(n, t[1]) * splits >= TARGET_PROGRAMS),
+                fitting[-1])
 
 
 def pipeline_stages(block_m: int, block_n: int, block_k: int, itemsize: int) -> int:
