@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .formats import FLOAT_INPUT_DTYPES
-from .reduction import KERNEL_PRECISIONS, ROLES, Policy, Reduction, _plain_int
+from .reduction import KERNEL_PRECISIONS, ROLES, Policy, Reduction, check_plain_int
 
 TRITON_MAX_SPLITS = 65535  # the Triton kernels put chunks on grid axis 1, which CUDA caps at 65535
 
@@ -26,7 +26,7 @@ def check_float_tensor(name: str, x) -> None:
 
 def check_count(name: str, value) -> None:
     """value must be a plain int >= 0 (a layer size, a call number)."""
-    _plain_int(name, value)
+    check_plain_int(name, value)
     if value < 0:
         raise ValueError(f"{name}={value} is not allowed; {name} must be >= 0")
 
@@ -35,6 +35,23 @@ def check_flag(name: str, value) -> None:
     """value must be True or False (a tensor or other object has no single truth value to take)."""
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
+
+
+def check_placement(device, dtype) -> None:
+    """A layer's device= and dtype= arguments: a device this machine has, a floating dtype."""
+    if device is not None:
+        try:
+            where = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device={device!r} is not a device; use e.g. 'cpu' or 'cuda:0'") from None
+        if where.type == "cuda":
+            count = torch.cuda.device_count()
+            if where.index is not None and where.index >= count or count == 0:
+                raise ValueError(f"device={device!r} is not available here: this machine has {count} CUDA "
+                                 f"device(s); use 'cpu'" + (f" or 'cuda:0'..'cuda:{count - 1}'" if count else ""))
+    if dtype is not None and dtype not in FLOAT_INPUT_DTYPES:
+        allowed = ", ".join(str(d).replace("torch.", "") for d in FLOAT_INPUT_DTYPES)
+        raise TypeError(f"dtype={dtype!r} is not allowed; allowed: {allowed}")
 
 
 def check_module(name: str, value) -> None:

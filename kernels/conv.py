@@ -30,7 +30,7 @@ from .geometry import conv_output_size, conv_reduction_lengths
 from .reduction import Policy, as_policy
 
 
-def _role_backend(backend: str):
+def role_backend(backend: str):
     """The module computing the three roles on a resolved backend other than native."""
     if backend == "emulate":
         return conv_emulate
@@ -47,13 +47,13 @@ class _Conv2d(torch.autograd.Function):
         ctx.save_for_backward(x, w)
         ctx.policy, ctx.backend, ctx.stride, ctx.padding = policy, backend, stride, padding
         out_dtype = torch.promote_types(x.dtype, w.dtype)
-        return _role_backend(backend).forward(x, w, stride, padding, policy.forward, out_dtype)
+        return role_backend(backend).forward(x, w, stride, padding, policy.forward, out_dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
         refuse_double_backward("kernels.conv2d")
         x, w = ctx.saved_tensors
-        roles = _role_backend(ctx.backend)
+        roles = role_backend(ctx.backend)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             grad_x = roles.input_grad(
@@ -66,7 +66,7 @@ class _Conv2d(torch.autograd.Function):
         return grad_x, grad_w, None, None, None, None
 
 
-def _pair(name: str, value, minimum: int) -> tuple[int, int]:
+def int_pair(name: str, value, minimum: int) -> tuple[int, int]:
     """An int or a pair of ints, each >= minimum, as a pair."""
     pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
     if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in pair):
@@ -112,10 +112,10 @@ def conv2d(x, w, bias=None, stride=1, padding=0, *, policy=None, backend: str = 
     respective operand requires it). The result has torch's promoted dtype of x and w.
     """
     _check_operands(x, w, bias)
-    stride = _pair("stride", stride, 1)
+    stride = int_pair("stride", stride, 1)
     if isinstance(padding, str):
         raise TypeError(f"padding must be an int or a pair of ints, got the string {padding!r}")
-    padding = _pair("padding", padding, 0)
+    padding = int_pair("padding", padding, 0)
     policy = as_policy(policy)
     resolved = resolve_backend(backend, x.device)
     out_size = tuple(map(conv_output_size, x.shape[2:], w.shape[2:], stride, padding))

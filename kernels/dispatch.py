@@ -26,20 +26,25 @@ attention and RNN kernels, ...), out= variants, conv configurations kernels.conv
 in backward nodes whose role is unknown, and double backward. Ops that the kernels package
 runs itself (a patched layer, a direct kernels.matmul call) pass through uncounted: they follow
 their own policy. Run the backward inside the mode, or its GEMMs run natively unseen.
+
+Every aten op of the block passes through the mode's Python handler, GEMM or not; the handler
+sends the ops it does not act on straight back to torch after one dictionary lookup.
+`without_policy_mode()` lifts the mode for a block that runs no GEMM (the training step's
+optimizer update), sparing its ops that Python round trip.
 """
 from __future__ import annotations
 
 import sys
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode, _pop_mode_temporarily
 
 from .backends import check_backend_name, resolve_backend
 from .checks import check_reduction_on_backend
-from .conv import _role_backend
+from .conv import role_backend
 from .dispatch_report import DispatchReport
 from .dispatch_roles import backward_gemm_role
 from .formats import FLOAT_INPUT_DTYPES
@@ -65,16 +70,11 @@ UNROUTED = frozenset(getattr(aten, name) for name in (
     "mm", "addmm", "bmm", "baddbmm", "convolution", "convolution_backward",  # their other overloads
 ))
 COUNT = "count"  # the plan of an unrouted GEMM-like op: counted, then run by torch
-_PLANS: dict[int, tuple] = {}  # id(op) -> (op, its plan: a route's method name, COUNT or None)
-
-
-def _plan(func) -> str | None:
-    """What the mode does with `func`; decided once per op, since every aten op passes through the mode."""
-    entry = _PLANS.get(id(func))
-    if entry is None:
-        plan = ROUTES.get(func) or (COUNT if func.overloadpacket in UNROUTED else None)
-        entry = _PLANS[id(func)] = (func, plan)
-    return entry[1]
+# id(op) -> (op, its plan: a route's method name or COUNT) for every overload the mode acts on.
+# Every aten op of a step passes through the handler, so the others are told apart by one
+# lookup of an int (an OpOverload's own hash is Python code).
+PLANS = {id(op): (op, COUNT) for packet in UNROUTED for op in (getattr(packet, name) for name in packet.overloads())}
+PLANS.update((id(op), (op, route)) for op, route in ROUTES.items())
 
 
 FALL_THROUGH = object()  # a route's answer when torch should run the op itself
@@ -149,19 +149,26 @@ class PolicyMode(TorchDispatchMode):
         finally:
             self._stack.close()
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # torch wraps a mode's handler in torch._dynamo.disable unless told not to; in eager
+        # execution that wrapper only costs every aten op about a microsecond.
+        return False
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        entry = PLANS.get(id(func))
+        if entry is None or _called_by_kernels():
+            return func(*args, **kwargs) if kwargs else func(*args)
         kwargs = kwargs or {}
-        plan = _plan(func)
-        if plan is not None and not _called_by_kernels():
-            node = torch._C._current_autograd_node()
-            if plan is COUNT:
-                self._native(func, node, "op not routed")
-            elif node is not None and torch.is_grad_enabled():
-                self._native(func, node, "double backward")
-            else:
-                out = getattr(self, plan)(func, node, *args, **kwargs)
-                if out is not FALL_THROUGH:
-                    return out
+        plan, node = entry[1], torch._C._current_autograd_node()
+        if plan is COUNT:
+            self._native(func, node, "op not routed")
+        elif node is not None and torch.is_grad_enabled():
+            self._native(func, node, "double backward")
+        else:
+            out = getattr(self, plan)(func, node, *args, **kwargs)
+            if out is not FALL_THROUGH:
+                return out
         return func(*args, **kwargs)
 
     # -- accounting --------------------------------------------------------------------------
@@ -228,7 +235,7 @@ class PolicyMode(TorchDispatchMode):
         reduction = self._reduction("convolution", "forward", cin * kh * kw)
         backend = self._backend(reduction, "forward", x.device)
         self.report.count("convolution", "forward")
-        out = _role_backend(backend).forward(x, w, tuple(stride), tuple(padding), reduction, x.dtype)
+        out = role_backend(backend).forward(x, w, tuple(stride), tuple(padding), reduction, x.dtype)
         return out if bias is None else out + bias.view(1, -1, 1, 1)
 
     def _conv_backward(self, func, node, grad, x, w, bias_sizes, stride, padding, dilation, transposed,
@@ -248,7 +255,7 @@ class PolicyMode(TorchDispatchMode):
                 grads.append(None)
                 continue
             reduction = self._reduction("convolution", role, lengths[role])
-            roles = _role_backend(self._backend(reduction, role, x.device))
+            roles = role_backend(self._backend(reduction, role, x.device))
             self.report.count("convolution", role)
             if role == "input_grad":
                 grads.append(roles.input_grad(grad, w, tuple(x.shape[2:]), stride, padding, reduction, x.dtype))
@@ -267,3 +274,17 @@ def policy_mode(policy=None, *, backend: str = "auto") -> PolicyMode:
     it controlled, by op and role.
     """
     return PolicyMode(policy, backend)
+
+
+@contextmanager
+def without_policy_mode():
+    """Run a block outside the policy mode that is the innermost dispatch mode, if one is.
+
+    For code that runs no matmul or convolution, such as an optimizer's per-tensor update: the
+    mode would route nothing there, and each of its ops would still pay the mode's Python dispatch.
+    """
+    if isinstance(_get_current_dispatch_mode(), PolicyMode):
+        with _pop_mode_temporarily():
+            yield
+    else:
+        yield

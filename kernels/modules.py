@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from .backends import check_backend_name
-from .checks import check_count, check_flag, check_float_tensor, check_module
-from .conv import _pair, conv2d
+from .checks import check_count, check_flag, check_float_tensor, check_module, check_placement
+from .conv import int_pair, conv2d
 from .gemm import matmul
 from .reduction import as_policy
 
@@ -43,11 +43,11 @@ def _check_conv_args(in_channels, out_channels, kernel_size, stride, padding, di
     """Refuse malformed Conv2d arguments before torch's constructor, whose errors name none of them."""
     for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
         check_count(name, value)
-    _pair("kernel_size", kernel_size, 1)
-    _pair("stride", stride, 1)
-    _pair("dilation", dilation, 1)
+    int_pair("kernel_size", kernel_size, 1)
+    int_pair("stride", stride, 1)
+    int_pair("dilation", dilation, 1)
     if not isinstance(padding, str):  # string padding is refused after construction, with its reason
-        _pair("padding", padding, 0)
+        int_pair("padding", padding, 0)
     check_flag("bias", bias)
 
 
@@ -83,6 +83,7 @@ class Conv2d(_PolicyLayer, nn.Conv2d):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, padding_mode="zeros", device=None, dtype=None, *, policy=None, backend="auto"):
         _check_conv_args(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
+        check_placement(device, dtype)
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          padding_mode, device, dtype)
         reason = unsupported_conv_reason(self)
@@ -113,6 +114,7 @@ class Linear(_PolicyLayer, nn.Linear):
         check_count("in_features", in_features)
         check_count("out_features", out_features)
         check_flag("bias", bias)
+        check_placement(device, dtype)
         super().__init__(in_features, out_features, bias, device, dtype)
         self._configure(policy, backend)
 

@@ -24,7 +24,7 @@ def _choice(name: str, value, allowed: tuple) -> None:
         raise ValueError(f"{name}={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
 
 
-def _plain_int(name: str, value) -> None:
+def check_plain_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
 
@@ -59,10 +59,10 @@ class Reduction:
         _choice("accumulate", self.accumulate, ACCUMULATES)
         if self.splits is None:
             object.__setattr__(self, "splits", 1 if self.mode == "fixed" else DEFAULT_NOISY_SPLITS)
-        _plain_int("splits", self.splits)
+        check_plain_int("splits", self.splits)
         if self.splits < 1:
             raise ValueError(f"splits={self.splits} is not allowed; splits must be >= 1")
-        _plain_int("seed", self.seed)
+        check_plain_int("seed", self.seed)
         if not 0 <= self.seed < SEED_LIMIT:
             raise ValueError(f"seed={self.seed} is not allowed; seed must be in [0, 2**32)")
         if (self.precision == "fp64") != (self.accumulate == "fp64"):

@@ -11,10 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 import kernels
 import nets
 from kernels import Policy, Reduction, policy_mode
+from kernels.dispatch import without_policy_mode
+from nets.training.step import make_optimizer, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 # Roles told apart by their operand precision: a result shows which Reduction computed it.
@@ -113,6 +116,7 @@ def test_what_the_kernels_cannot_run_falls_through_to_torch_and_is_counted(gener
         "1-D": lambda: F.conv1d(x[..., 0], w[..., 0]),
         "integers": lambda: torch.mm(counts, counts),
         "mv": lambda: torch.mv(x[0, 0], x[0, 0, 0]),
+        "out=": lambda: torch.mm(x[0, 0], x[0, 1], out=torch.empty(7, 7)),
     }
     for what, call in cases.items():
         with policy_mode(Reduction("splitk", splits=2)) as mode:
@@ -165,6 +169,32 @@ def test_same_bits_as_patch_on_the_papers_networks(net, init, policy):
     actual = train(model, mode)
     differ = [name for name in expected if not torch.equal(expected[name], actual[name])]
     assert not differ, differ
+    assert mode.report.share == 1.0 and mode.report.total > 0
+
+
+def test_without_policy_mode_lifts_the_innermost_policy_mode(generator):
+    a, b = torch.randn(3, 4, generator=generator), torch.randn(4, 5, generator=generator)
+    with policy_mode() as mode:
+        with without_policy_mode():
+            assert _get_current_dispatch_mode() is None
+            a @ b
+        assert _get_current_dispatch_mode() is mode
+        a @ b
+    assert mode.report.total == 1
+    with without_policy_mode():
+        assert _get_current_dispatch_mode() is None
+
+
+def test_the_training_step_runs_its_optimizer_outside_the_mode(generator):
+    torch.manual_seed(0)
+    model = nets.build("constnet", depth=7, widen=1, in_channels=1, num_classes=3, init="he")
+    optimizer = make_optimizer(model, 0.1, 0.9, 5e-4)
+    modes = []
+    optimizer.register_step_pre_hook(lambda *_: modes.append(_get_current_dispatch_mode()))
+    x, y = torch.randn(4, 1, 8, 8, generator=generator), torch.tensor([0, 1, 2, 0])
+    with policy_mode() as mode:
+        train_step(model, optimizer, x, y)
+    assert modes == [None]
     assert mode.report.share == 1.0 and mode.report.total > 0
 
 

@@ -87,6 +87,19 @@ def test_conv2d_rejects_what_it_cannot_run(kwargs, match):
         Conv2d(**arguments)
 
 
+@pytest.mark.parametrize("layer", [lambda **kw: Conv2d(4, 4, 3, **kw), lambda **kw: Linear(4, 4, **kw)],
+                         ids=["Conv2d", "Linear"])
+def test_layers_refuse_a_device_or_dtype_they_cannot_have(layer):
+    with pytest.raises(ValueError, match="device='bogus' is not a device"):
+        layer(device="bogus")
+    if torch.cuda.device_count() < 100:
+        with pytest.raises(ValueError, match="device='cuda:99' is not available here"):
+            layer(device="cuda:99")
+    with pytest.raises(TypeError, match="dtype=torch.int32 is not allowed"):
+        layer(dtype=torch.int32)
+    assert layer(device=torch.device("cpu"), dtype=torch.float64).weight.dtype == torch.float64
+
+
 def test_linear_has_torchs_parameters_and_matches_it_with_leading_dims(generator):
     torch.manual_seed(3)
     reference = nn.Linear(12, 5)

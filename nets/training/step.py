@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.dispatch import without_policy_mode
+
 
 def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
     """SGD (no Nesterov) over every parameter."""
@@ -37,9 +39,13 @@ def forward_backward(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None) -> None:
-    """The optimizer's step on the gradients in .grad (unscaled and skipped on inf/NaN with a scaler)."""
-    if scaler is None:
-        optimizer.step()
-    else:
-        scaler.step(optimizer)
-        scaler.update()
+    """The optimizer's step on the gradients in .grad (unscaled and skipped on inf/NaN with a scaler).
+
+    SGD's update runs no matmul or convolution, so it runs outside a kernels.policy_mode around the step.
+    """
+    with without_policy_mode():
+        if scaler is None:
+            optimizer.step()
+        else:
+            scaler.step(optimizer)
+            scaler.update()
