@@ -61,6 +61,16 @@ def test_splitk_follows_the_kernels_order_function(generator, granularity, dtype
     assert torch.equal(ordered_mean(stack, spec, call=7, start=1000), rank_order(stack, order))
 
 
+def test_two_ranks_add_alike_in_either_order(generator):
+    """With two ranks splitk takes the fixed sum: a + b and b + a are the same bits."""
+    stack, n = spread(generator, 2, 20_000), 20_000
+    order = chunk_order(call_key(11, 7), torch.arange(n), 2)
+    assert 0 < int(order[0].sum()) < n, "both orders should occur"
+    got = ordered_mean(stack, AllReduce("splitk", seed=11), call=7)
+    assert torch.equal(got, rank_order(stack, order))
+    assert torch.equal(got, ordered_mean(stack, AllReduce("fixed")))
+
+
 def test_splitk_is_seeded_and_independent_of_the_slice(generator):
     stack = spread(generator, 3, 5000)
     spec = AllReduce("splitk", seed=4)

@@ -123,3 +123,56 @@ def test_a_dying_rank_takes_the_run_down_and_leaves_the_checkpoint(tmp_path):
     assert "the run stopped" in output or "Signal 9 (SIGKILL)" in output, output
     saved = checkpoint(out)
     assert saved["state"]["step"] % 5 == 0 and saved["state"]["step"] > 0, "the checkpoint is an epoch end's"
+
+
+TWO_RANK_EPOCH = 5  # steps: 1437 images in batches of 256, the last (157) does not split in 2 and is dropped
+POISON_SCRIPT = """
+import math
+import sys
+import time
+sys.path[0] = {root!r}
+import torch
+from nets.training.loop import Training
+from tools.run import main
+
+step = Training._train_step
+
+
+def poisoned(self, images, labels, lr):
+    if self.world.rank == 1 and self.state.step == {poisoned_step}:
+        with torch.no_grad():
+            next(self.model.parameters()).fill_(math.nan)
+    return step(self, images, labels, lr)
+
+
+def slow_finish(self, finish=Training._finish):  # rank 0 takes its time, as on a busy machine
+    if self.world.rank == 0:
+        time.sleep(3)
+    return finish(self)
+
+
+Training._train_step, Training._finish = poisoned, slow_finish
+main()
+"""
+
+
+@pytest.mark.slow
+def test_a_loss_non_finite_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    """Rank 1 alone trains on NaN weights after the epoch-end checkpoint: both ranks stop at that step
+    with the same line and exit 1; rank 0's summary.json says so (written although rank 1 was done
+    long before) and its checkpoint is the epoch end's."""
+    script, out, epoch = tmp_path / "poisoned.py", tmp_path / "run", TWO_RANK_EPOCH
+    script.write_text(POISON_SCRIPT.format(root=str(RUN_SCRIPT.parents[1]), poisoned_step=epoch + 1))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+               *TINY_ARGS, *FIXED, "--steps", str(2 * epoch), "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output[-3000:]
+    stop = (f"the loss became non-finite (nan) at step {epoch + 2}, so training stopped there; "
+            f"{out / 'checkpoint.pt'} keeps step {epoch} (summary.json records the stop)")
+    lines = sorted(line for line in output.splitlines() if line.startswith("Error: rank"))
+    assert lines == [f"Error: rank {rank}: {stop}" for rank in (0, 1)], output[-3000:]
+    assert "interrupt:" not in output, "torchrun's SIGTERM reached rank 0 before it had finished"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped"] == stop and summary["checkpoint_step"] == epoch and summary["steps"] == epoch + 1
+    assert checkpoint(out)["state"]["step"] == epoch

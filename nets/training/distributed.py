@@ -13,7 +13,9 @@ from the call counter and random state every rank starts the step with, the R gr
 averaged by kernels.allreduce.ordered_mean (the hooks' own arithmetic, in the same order), and
 micro-batch 0's running statistics, random state and call counter are kept, as rank 0's are.
 With fixed kernels and `--allreduce fixed` the weights and metrics are those of the R-rank run,
-bit for bit. The step's loss is the shards' mean losses added in rank order and divided by R.
+bit for bit. The step's loss is the shards' mean losses added in rank order and divided by R:
+under torchrun every rank computes it from every rank's loss, so a loss that turns non-finite on
+one rank stops all of them at that step, with the same message.
 
 An epoch's last, smaller batch is dropped when R shards do not divide it.
 """
@@ -79,6 +81,14 @@ def leave(wait: bool = True) -> None:
     """Leave the process group so that the process exits cleanly (kernels.allreduce.close_process_group)."""
     if dist.is_initialized():
         close_process_group(wait)
+
+
+def stop_together(world: World) -> None:
+    """After a run stopped early on every rank at the same step (a non-finite loss: every rank sees
+    all ranks' losses, RankSteps.step), wait until rank 0 has written the run's last files: the
+    first rank to exit makes torchrun terminate the others."""
+    if world.size > 1:
+        dist.barrier()
 
 
 def _gather(world: World, value) -> list:
@@ -231,6 +241,8 @@ class RankSteps(Steps):
         self.hook = attach(self.model, spec)
 
     def step(self, images, labels, step):
+        """Every rank returns the same loss, all ranks' losses added in rank order: one that is
+        non-finite on any rank (NaN or infinite) makes it non-finite, so every rank stops there."""
         t, world = self.training, self.world
         if self.hook is not None:
             self.hook.calls = step

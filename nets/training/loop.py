@@ -44,7 +44,7 @@ from .report import final_table, progress_line, test_line
 from .outcome import RunOutcome, non_finite_loss, run_summary, write_failure
 from .rundir import CHECKPOINT, CONFIG, ENV, METRICS, SUMMARY, SYMMETRY, RunDir, RunDirWriteError
 from .state import Interval, RunState
-from .distributed import batch_plan, current_world, make_steps, ranks_record, shards_of
+from .distributed import batch_plan, current_world, make_steps, ranks_record, shards_of, stop_together
 from .step import make_optimizer
 
 # The train/test split of the embedded datasets is fixed, so runs that differ in --seed
@@ -177,6 +177,8 @@ class Training:
                           f"python tools/run.py --resume --out {run_dir.path}")
                 return RunOutcome(None, True)
             summary = self._finish()
+            if self.stopped:
+                stop_together(self.world)
         self.echo(final_table(summary, self.state.symmetry[-1] if self.state.symmetry else None))
         return RunOutcome(summary, False, self.stopped)
 
