@@ -7,6 +7,9 @@ depend on the problem alone, and runs each block as single-threaded torch calls 
 these workers. How many workers there are, and which block lands on which, then changes no
 element's order: the bits are the same on 1, 2 or 4 threads.
 
+A call of at most INLINE_BLOCKS blocks (the small layers) runs them in the caller instead,
+with torch set to one thread for the while: the same single-threaded calls, so the same bits.
+
 Each worker sets torch's intra-op threads to 1 for itself (OpenMP's and MKL's settings are
 per thread); torch also keeps that number as the default for threads started later, so the
 caller's setting is put back as the default once the workers run. A caller whose torch runs
@@ -56,6 +59,10 @@ class _Pool:
             task()
 
 
+# Up to this many blocks run in the caller, on one thread: handing a lone block to a worker only
+# adds the hand-off, and torch's own threads, idling after the caller's last parallel op, then
+# compete with the worker for the cores.
+INLINE_BLOCKS = 1
 _POOL: _Pool | None = None
 _POOL_LOCK = threading.Lock()
 
@@ -83,6 +90,19 @@ def _ieee_fp32():
             setting.fp32_precision = precision
 
 
+@contextmanager
+def _single_threaded(threads: int):
+    """torch on one thread in the caller for the block, then `threads` again."""
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def run_blocks(blocks: Sequence[Callable[[], None]]) -> None:
     """Run every block once, on as many single-threaded workers as torch has threads here.
 
@@ -95,9 +115,10 @@ def run_blocks(blocks: Sequence[Callable[[], None]]) -> None:
 
 def _run(blocks: Sequence[Callable[[], None]]) -> None:
     threads = torch.get_num_threads()
-    if threads == 1:
-        for block in blocks:
-            block()
+    if threads == 1 or len(blocks) <= INLINE_BLOCKS:
+        with _single_threaded(threads):
+            for block in blocks:
+                block()
         return
     workers = min(threads, len(blocks))
     pool = _pool()

@@ -18,7 +18,7 @@ from kernels.calls import counting
 from kernels.order import call_key, chunk_order, order_index, permutation_table
 from kernels.order_cpu import COUNTING_SORT_MAX, BlockOrder, Placement, _permutation_table, reduce_block
 from kernels.reduction import Policy, Reduction
-from kernels.workers_emulate import run_blocks
+from kernels.workers_emulate import INLINE_BLOCKS, run_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 MIXED_SCALES = torch.tensor([1.0, 1e8, -1e8, 3e-3, 7.0, 1e4, -2.5])  # a different order rounds differently
@@ -278,13 +278,14 @@ def test_bits_do_not_depend_on_the_thread_count():
     assert results[1] == results[2] == results[4], results
 
 
-def test_workers_leave_the_callers_thread_setting_alone():
+@pytest.mark.parametrize("count", [1, INLINE_BLOCKS + 1], ids=["in the caller", "on the workers"])
+def test_workers_leave_the_callers_thread_setting_alone(count):
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
         seen = []
-        run_blocks([lambda: seen.append(torch.get_num_threads()) for _ in range(4)])
-        assert seen == [1, 1, 1, 1], "every block runs torch on one thread"
+        run_blocks([lambda: seen.append(torch.get_num_threads()) for _ in range(count)])
+        assert seen == [1] * count, "every block runs torch on one thread"
         assert torch.get_num_threads() == 2
         later = []
         thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
@@ -320,7 +321,7 @@ def test_a_forked_child_runs_blocks_of_its_own():
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        run_blocks([lambda: None, lambda: None])  # the parent's workers exist
+        run_blocks([lambda: None] * (INLINE_BLOCKS + 1))  # the parent's workers exist
         context = multiprocessing.get_context("fork")
         queue = context.Queue()
         child = context.Process(target=_matmul_in_child, args=(queue,))

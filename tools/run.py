@@ -96,17 +96,22 @@ def main(ctx: click.Context, **options) -> None:
         for name, value in options.items()
         if name not in RUN_CONTROL and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
     }
-    failure, interrupted = None, False
+    failure, together, interrupted = None, True, False
     try:
         interrupted = train(launched_world(), options, explicit)
     except click.ClickException as error:
         error.show()
-        failure = error.exit_code
-    leave(wait=failure is None)  # after the except block: nothing of the run is referenced any more
+        failure, together = error.exit_code, isinstance(error, StoppedOnEveryRank)
+    leave(wait=together)  # after the except block: nothing of the run is referenced any more
     if failure is not None:
         ctx.exit(failure)
     if interrupted:
         ctx.exit(INTERRUPTED_EXIT)
+
+
+class StoppedOnEveryRank(click.ClickException):
+    """A run that stopped at the same step on every rank (a non-finite loss): the ranks leave
+    the process group together, so that none is terminated while rank 0 still writes."""
 
 
 def train(world, options: dict, explicit: dict) -> bool:
@@ -150,7 +155,7 @@ def train(world, options: dict, explicit: dict) -> bool:
             f"intact: continue with torchrun --nproc_per_node={world.size} tools/run.py --resume --out {run_dir.path}"
         ) from None
     if outcome.stopped:
-        raise click.ClickException(prefix + outcome.stopped)
+        raise StoppedOnEveryRank(prefix + outcome.stopped)
     return outcome.interrupted
 
 
