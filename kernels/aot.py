@@ -7,7 +7,8 @@ launch binder (pointers 16-byte aligned, ints equal to 1 become constants, ints 
 carry that divisibility, unless the parameter is marked do_not_specialize), so the compiled code
 is the code a GPU would run for such a call, stored under the cache key that call looks up.
 
-Each report gives the registers per thread and spill stores from `ptxas -v` on the kernel's PTX,
+Each report gives the registers per thread and spill stores from `ptxas -v` (the run Triton makes
+for a fresh compile; a run of our own on the PTX of a cached one),
 the shared memory Triton allocates, the matrix instruction family found in the PTX ("wgmma":
 Hopper warpgroup MMA, "mma": mma.sync tensor cores, "none": FMA / no dot), and how operands
 reach the SM: the widest asynchronous global-to-shared copy (`cp.async`, bytes; 0 when loads go
@@ -20,6 +21,7 @@ compiled or interpreted.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -27,6 +29,7 @@ import subprocess
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import redirect_stdout
 from dataclasses import asdict, dataclass
 
 import click
@@ -93,6 +96,13 @@ def specialize(variant: KernelVariant, arch: int = 90) -> tuple[dict, dict, dict
     return launch_specialization(variant, arch)[:3]
 
 
+def _usage_in(log: str) -> tuple[int, int] | None:
+    """(registers per thread, spill store bytes) from a `ptxas -v` log, or None if it has none."""
+    registers = re.search(r"Used (\d+) registers", log)
+    spills = re.search(r"(\d+) bytes spill stores", log)
+    return None if registers is None or spills is None else (int(registers.group(1)), int(spills.group(1)))
+
+
 def _ptxas_usage(ptx: str, arch: int) -> tuple[int, int]:
     """(registers per thread, spill store bytes) reported by ptxas -v for this PTX."""
     from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
@@ -106,11 +116,26 @@ def _ptxas_usage(ptx: str, arch: int) -> tuple[int, int]:
              "-o", os.path.join(folder, "kernel.cubin")],
             capture_output=True, text=True, check=True,
         )
-    registers = re.search(r"Used (\d+) registers", result.stderr)
-    spills = re.search(r"(\d+) bytes spill stores", result.stderr)
-    if registers is None or spills is None:
+    usage = _usage_in(result.stderr)
+    if usage is None:
         raise RuntimeError(f"unexpected ptxas output:\n{result.stderr}")
-    return int(registers.group(1)), int(spills.group(1))
+    return usage
+
+
+def _compile_with_ptxas_log(source, target, options):
+    """triton.compile, and the log of the ptxas run it made (empty when the kernel came from
+    Triton's cache): Triton runs `ptxas -v` itself, so a fresh compile is read without a second run."""
+    import triton
+    from triton import knobs
+
+    log, dumping = io.StringIO(), knobs.nvidia.dump_ptxas_log
+    knobs.nvidia.dump_ptxas_log = True
+    try:
+        with redirect_stdout(log):
+            compiled = triton.compile(source, target=target, options=options)
+    finally:
+        knobs.nvidia.dump_ptxas_log = dumping
+    return compiled, log.getvalue()
 
 
 def matrix_instructions(ptx: str) -> str:
@@ -132,16 +157,15 @@ def memory_instructions(ptx: str) -> tuple[int, bool, int]:
 
 def compile_variant(variant: KernelVariant, arch: int) -> CompileReport:
     """Compile one variant for sm_<arch> and read its resource use."""
-    import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     start = time.perf_counter()
     signature, constexprs, attrs, options = launch_specialization(variant, arch)
     source = ASTSource(fn=variant.kernel, signature=signature, constexprs=constexprs, attrs=attrs)
-    compiled = triton.compile(source, target=GPUTarget("cuda", arch, WARP_SIZE), options=options)
+    compiled, log = _compile_with_ptxas_log(source, GPUTarget("cuda", arch, WARP_SIZE), options)
     ptx = compiled.asm["ptx"]
-    registers, spills = _ptxas_usage(ptx, arch)
+    registers, spills = _usage_in(log) or _ptxas_usage(ptx, arch)
     return CompileReport(
         variant.name, arch, variant.constexprs.get("PRECISION"), registers, spills, compiled.metadata.shared,
         matrix_instructions(ptx), *memory_instructions(ptx), round(time.perf_counter() - start, 2),

@@ -91,3 +91,24 @@ def test_registry_covers_every_input_dtype_format_and_target():
     assert {(t, a) for _, _, _, t, a in seen} == {(t, a) for t in TARGETS for a in KERNEL_ACCUMULATES}
     sums = {(v.constexprs["ORDERED"], v.constexprs["ACCUMULATE"]) for v in variants if "ORDERED" in v.constexprs}
     assert sums == {(ordered, a) for ordered in (False, True) for a in KERNEL_ACCUMULATES}
+
+
+FRESH_AND_CACHED = """
+import json, sys
+from kernels.aot import collect_variants, compile_variant
+variant = collect_variants(only=sys.argv[1])[0]
+reports = [(compile_variant(variant, arch), compile_variant(variant, arch)) for arch in (80, 90)]
+print(json.dumps([[(r.registers, r.spill_stores) for r in pair] for pair in reports]))
+"""
+
+
+@pytest.mark.parametrize("only", ["gemm fp16 in=fp16/fp16 direct", "ordered_sum"])
+def test_a_fresh_compile_and_a_cached_one_report_the_same_usage(tmp_path, only):
+    """A fresh compile is read from the ptxas log Triton writes; a cached one from ptxas run on
+    its PTX again (the second compile_variant call above finds the first in the cache)."""
+    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_CACHE_DIR=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", FRESH_AND_CACHED, only], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for fresh, cached in json.loads(result.stdout.strip().splitlines()[-1]):
+        assert fresh == cached and 0 < fresh[0] <= MAX_REGISTERS and fresh[1] == 0, (fresh, cached)
