@@ -91,8 +91,10 @@ def _ieee_fp32():
 
 
 @contextmanager
-def _single_threaded(threads: int):
-    """torch on one thread in the caller for the block, then `threads` again."""
+def one_thread():
+    """torch on one thread in the calling thread for the block, then as many as before: for
+    results whose bits must not depend on the thread count."""
+    threads = torch.get_num_threads()
     if threads == 1:
         yield
         return
@@ -116,7 +118,7 @@ def run_blocks(blocks: Sequence[Callable[[], None]]) -> None:
 def _run(blocks: Sequence[Callable[[], None]]) -> None:
     threads = torch.get_num_threads()
     if threads == 1 or len(blocks) <= INLINE_BLOCKS:
-        with _single_threaded(threads):
+        with one_thread():
             for block in blocks:
                 block()
         return

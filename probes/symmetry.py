@@ -13,7 +13,8 @@ single row has no pairs and C = 1 (one channel is trivially symmetric). A weight
 inf says nothing about symmetry: its C, dissimilarity and effective width are NaN, the layer is
 flagged (`finite` False), and a maximum over layers that include it is NaN.
 
-The computation is exact: one float64 Gram matrix of the rows. `max_rows` samples that many rows
+The computation is one float64 Gram matrix of the rows, on one thread (so its bits do not depend
+on the thread count). `max_rows` samples that many rows
 without replacement with a seeded generator (the reference code sampled at most 5000).
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 from kernels import reducing_layers
+from kernels.workers_emulate import one_thread
 
 KINDS = ("cosine", "pearson")
 
@@ -78,17 +80,18 @@ def row_similarity_mean(rows: torch.Tensor, kind: str = "cosine") -> float:
     n = rows.shape[0]
     if n < 2:
         return 1.0
-    if kind == "pearson":
-        rows = rows - rows.mean(dim=1, keepdim=True)
-    gram = rows @ rows.T
-    norms = gram.diagonal().clamp_min(0).sqrt()
-    outer = norms[:, None] * norms[None, :]
-    # Equal rows are exactly alike: their quotient could round an ulp below 1 (a sum of squares
-    # over the product of its square roots), which would read as broken symmetry.
-    _, group = torch.unique(rows, dim=0, return_inverse=True)
-    alike = (group[:, None] == group[None, :]) | (outer == 0)
-    similarity = torch.where(alike, 1.0, gram / outer).clamp(-1.0, 1.0)
-    off_diagonal = similarity.sum() - similarity.diagonal().sum()
+    with one_thread():  # torch's float64 matmul and sums split their work by the thread count
+        if kind == "pearson":
+            rows = rows - rows.mean(dim=1, keepdim=True)
+        gram = rows @ rows.T
+        norms = gram.diagonal().clamp_min(0).sqrt()
+        outer = norms[:, None] * norms[None, :]
+        # Equal rows are exactly alike: their quotient could round an ulp below 1 (a sum of squares
+        # over the product of its square roots), which would read as broken symmetry.
+        _, group = torch.unique(rows, dim=0, return_inverse=True)
+        alike = (group[:, None] == group[None, :]) | (outer == 0)
+        similarity = torch.where(alike, 1.0, gram / outer).clamp(-1.0, 1.0)
+        off_diagonal = similarity.sum() - similarity.diagonal().sum()
     return float(off_diagonal / (n * (n - 1)))
 
 
