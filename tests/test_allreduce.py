@@ -117,6 +117,7 @@ def _hook_worker(rank, world_size, folder):
     close_process_group()
 
 
+@pytest.mark.slow
 def test_hooks_reduce_in_the_prescribed_order_whatever_the_buckets():
     """3 gloo ranks: DDP's gradients equal ordered_mean of the ranks' gradients, bit for bit."""
     world_size = 3

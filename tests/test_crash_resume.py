@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from nets.training.config import flag
@@ -220,6 +221,7 @@ def _run_record(out: Path) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_runs_equal_the_uninterrupted_run(tmp_path):
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}

@@ -264,6 +264,7 @@ print(json.dumps(digests))
 """
 
 
+@pytest.mark.slow
 def test_bits_do_not_depend_on_the_thread_count():
     """matmul, conv2d (every role, fixed and splitk) and three training steps of the quick
     preset's network on 1, 2 and 4 threads, in fresh processes."""

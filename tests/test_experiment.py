@@ -212,6 +212,7 @@ def train(out: Path, reduction: str) -> tuple[dict, dict]:
     return summary, {layer["name"]: layer["forward"] for layer in last["layers"] if layer["kind"] == "conv"}
 
 
+@pytest.mark.slow
 def test_fixed_order_keeps_a_zero_init_constnet_symmetric_and_splitk_noise_breaks_it(tmp_path):
     fixed_summary, fixed_forward = train(tmp_path / "fixed", "fixed")
     splitk_summary, splitk_forward = train(tmp_path / "splitk", "splitk")
