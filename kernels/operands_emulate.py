@@ -56,17 +56,21 @@ def _unfold(src, kh, kw, sign, step_y, step_x, offset_y, offset_x, out_h, out_w,
                 shift = offset_x + sign * kx
                 x_lo, x_hi = _span(out_w, w, step_x, shift)
                 line = out[(c * kh + ky) * kw + kx]
+                at = 0
                 for b in range(batch):
                     for oy in range(out_h):
-                        at = (b * out_h + oy) * out_w
                         if oy < y_lo or oy >= y_hi:
-                            line[at:at + out_w] = 0
-                            continue
-                        row = src[b, c, oy * step_y + offset_y + sign * ky]
-                        line[at:at + x_lo] = 0
-                        for ox in range(x_lo, x_hi):
-                            line[at + ox] = row[ox * step_x + shift]
-                        line[at + x_hi:at + out_w] = 0
+                            for ox in range(out_w):
+                                line[at + ox] = 0
+                        else:
+                            y = oy * step_y + offset_y + sign * ky
+                            for ox in range(x_lo):
+                                line[at + ox] = 0
+                            for ox in range(x_lo, x_hi):
+                                line[at + ox] = src[b, c, y, ox * step_x + shift]
+                            for ox in range(x_hi, out_w):
+                                line[at + ox] = 0
+                        at += out_w
 
 
 def _unfolded(src: torch.Tensor, kernel_size, step, offset, sign: int, out_size) -> torch.Tensor:
