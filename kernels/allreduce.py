@@ -42,6 +42,10 @@ from .order import MASK32, ORDER_TILE, call_key, chunk_order
 from .reduction import GRANULARITIES, SEED_LIMIT
 
 ALLREDUCE_MODES = ("native", "fixed", "splitk")
+# torch 2.13 renamed these two collectives and made the old names warn; older torch (the GPU
+# machine's 2.11) has only the old ones. Same arguments, same results.
+all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 # Below this many elements the compiled CPU pass costs more (a fixed ~15 ms a call) than torch's ops.
 COMPILED_MIN_ELEMENTS = 1 << 14
 
@@ -196,7 +200,7 @@ def ordered_allreduce_hook(state: OrderedAllReduce, bucket):
         averaged.set_result(buffer)
 
     def gather():
-        work = dist.all_gather_single(send, mine, group=state.gather_group, async_op=True)
+        work = all_gather_single(send, mine, group=state.gather_group, async_op=True)
         work.get_future().then(settling(averaged, gathered))
 
     def arrived(done):

@@ -32,7 +32,7 @@ import torch.multiprocessing as mp
 
 from torch.nn.parallel import DistributedDataParallel
 
-from kernels.allreduce import ALLREDUCE_MODES, AllReduce, attach, close_process_group
+from kernels.allreduce import ALLREDUCE_MODES, AllReduce, attach, close_process_group, reduce_scatter_single
 
 from .compare import compare
 from .device import describe_device, device_info
@@ -84,7 +84,7 @@ def _worker(rank: int, world_size: int, backend: str, sizes: list, dtypes: list,
             outputs["all_reduce", dtype, size] = summed.cpu()
             shard = size // world_size
             scattered = torch.empty(shard, dtype=summed.dtype, device=device)
-            dist.reduce_scatter_single(scattered, message[:shard * world_size].clone())
+            reduce_scatter_single(scattered, message[:shard * world_size].clone())
             outputs["reduce_scatter", dtype, size] = scattered.cpu()
     torch.save({"record": record, "outputs": outputs}, Path(folder) / f"{rank}.pt")
     close_process_group()
