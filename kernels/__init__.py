@@ -9,6 +9,7 @@ first use of the "triton" or "interpret" backend.
     gemm_triton, conv_triton   the op's Triton kernel
     triton_launch              what the Triton kernels share (rounding, tiles, launch config)
     order, order_cpu, order_triton   the splitk order: its definition, on CPU, on the GPU
+    operands_emulate, workers_emulate   the emulate backend's operand matrices and CPU workers
     modules, patch             drop-in Conv2d / Linear, and patching a model with them
     dispatch, dispatch_roles, dispatch_report   policy_mode: every aten matmul and convolution
     aot_variants, aot          compiling every kernel variant without a GPU
@@ -21,6 +22,7 @@ from .dispatch import policy_mode
 from .gemm import matmul
 from .modules import Conv2d, Linear, reducing_layers
 from .patch import patch
+from .workers_emulate import threads_to_workers
 from .reduction import (
     ACCUMULATES,
     GRANULARITIES,
@@ -58,4 +60,5 @@ __all__ = [
     "reducing_layers",
     "reset_calls",
     "resolve_backend",
+    "threads_to_workers",
 ]

@@ -53,16 +53,11 @@ class _Conv2d(torch.autograd.Function):
     def backward(ctx, grad_out):
         refuse_double_backward("kernels.conv2d")
         x, w = ctx.saved_tensors
-        roles = role_backend(ctx.backend)
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = roles.input_grad(
-                grad_out, w, tuple(x.shape[2:]), ctx.stride, ctx.padding, ctx.policy.input_grad, x.dtype
-            )
-        if ctx.needs_input_grad[1]:
-            grad_w = roles.weight_grad(
-                x, grad_out, tuple(w.shape[2:]), ctx.stride, ctx.padding, ctx.policy.weight_grad, w.dtype
-            )
+        grad_x, grad_w = role_backend(ctx.backend).gradients(
+            x, w, grad_out, ctx.stride, ctx.padding,
+            ctx.policy.input_grad if ctx.needs_input_grad[0] else None,
+            ctx.policy.weight_grad if ctx.needs_input_grad[1] else None,
+        )
         return grad_x, grad_w, None, None, None, None
 
 

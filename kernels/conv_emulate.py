@@ -183,12 +183,12 @@ def _weight_grad(x, grad_out, kernel_size, stride, padding, reduction: Reduction
         return _done(torch.zeros(cout, cin, kh, kw, dtype=out_dtype, device=x.device))
     x = round_operand(x, reduction.precision).contiguous()
     grad_out = round_operand(grad_out, reduction.precision).contiguous()
-    grads = grad_out.transpose(0, 1).reshape(cout, k)
+    conv = x.device.type == "cpu" and _torch_conv_applies(reduction, x, grad_out)
+    grads = None if conv else grad_out.transpose(0, 1).reshape(cout, k)
     if x.device.type != "cpu":
         cols = patch_matrix(x, kernel_size, stride, padding)
         return _done(gemm_emulate.gemm(grads, cols.t(), reduction, key, out_dtype).view(cout, cin, kh, kw))
     bounds = chunk_bounds(k, reduction.splits)
-    conv = _torch_conv_applies(reduction, x, grad_out)
     count = _run_count(cout * n * k, 0 if conv else 4 * (n + cout) * k, conv)
     count = min(count, max(2, PIECE_BYTES // (4 * cout * n)))  # pieces within bounded memory
     runs = _runs(batch, count)
@@ -224,6 +224,8 @@ def _weight_grad(x, grad_out, kernel_size, stride, padding, reduction: Reduction
         reduce_block(partials.to(acc_dtype)[:, None], out[None, r0:r1], order, Placement((r0, 0, 1, 0), (0, 0, 0, 1)))
 
     def finish():  # in row blocks whose pieces fit in cache, of at least SUM_ELEMENTS elements each
+        if len(pieces) == 1:
+            return products[0].to(acc_dtype).to(out_dtype).view(cout, cin, kh, kw)
         count = min(-(-4 * len(pieces) * cout * n // CACHE_BYTES), -(-cout * n // SUM_ELEMENTS))
         run_blocks([lambda r=r: rows(*r) for r in _runs(cout, count)])
         return out.view(cout, cin, kh, kw)
@@ -272,13 +274,15 @@ def weight_grad(x, grad_out, kernel_size, stride, padding, reduction: Reduction,
     return _run(_weight_grad(x, grad_out, kernel_size, stride, padding, reduction, out_dtype))[0]
 
 
-def gradients(x, w, grad_out, stride, padding, policy, need_input: bool, need_weight: bool):
-    """(input gradient or None, weight gradient or None) of one backward pass, their blocks run
-    on the workers together; call numbers are taken input gradient first, as by the two roles."""
+def gradients(x, w, grad_out, stride, padding, input_reduction: Reduction | None,
+              weight_reduction: Reduction | None):
+    """(input gradient, weight gradient) of one backward pass, each under its Reduction (None:
+    not wanted, and None), their blocks run on the workers together; call numbers are taken
+    input gradient first, as by the two roles."""
     roles = []
-    if need_input:
-        roles.append(_input_grad(grad_out, w, tuple(x.shape[2:]), stride, padding, policy.input_grad, x.dtype))
-    if need_weight:
-        roles.append(_weight_grad(x, grad_out, tuple(w.shape[2:]), stride, padding, policy.weight_grad, w.dtype))
+    if input_reduction is not None:
+        roles.append(_input_grad(grad_out, w, tuple(x.shape[2:]), stride, padding, input_reduction, x.dtype))
+    if weight_reduction is not None:
+        roles.append(_weight_grad(x, grad_out, tuple(w.shape[2:]), stride, padding, weight_reduction, w.dtype))
     results = iter(_run(*roles))
-    return (next(results) if need_input else None), (next(results) if need_weight else None)
+    return tuple(None if reduction is None else next(results) for reduction in (input_reduction, weight_reduction))

@@ -321,3 +321,15 @@ def input_grad(grad_out, w, input_size, stride, padding, reduction: Reduction, o
 def weight_grad(x, grad_out, kernel_size, stride, padding, reduction: Reduction, out_dtype) -> torch.Tensor:
     problem = ConvProblem(*x.shape, grad_out.shape[1], tuple(kernel_size), tuple(stride), tuple(padding))
     return launch("weight_grad", problem, {"x": x, "dy": grad_out}, reduction, out_dtype)
+
+
+def gradients(x, w, grad_out, stride, padding, input_reduction: Reduction | None,
+              weight_reduction: Reduction | None):
+    """(input gradient, weight gradient) of one backward pass, each under its Reduction (None:
+    not wanted, and None), in that order."""
+    grad_x = grad_w = None
+    if input_reduction is not None:
+        grad_x = input_grad(grad_out, w, tuple(x.shape[2:]), stride, padding, input_reduction, x.dtype)
+    if weight_reduction is not None:
+        grad_w = weight_grad(x, grad_out, tuple(w.shape[2:]), stride, padding, weight_reduction, w.dtype)
+    return grad_x, grad_w

@@ -249,20 +249,16 @@ class PolicyMode(TorchDispatchMode):
         stride, padding = tuple(stride), tuple(padding)
         cout, cin, kh, kw = w.shape
         lengths = {"input_grad": cout * kh * kw, "weight_grad": grad.shape[0] * grad.shape[2] * grad.shape[3]}
-        grads = []
-        for role, wanted in zip(("input_grad", "weight_grad"), output_mask):
-            if not wanted:
-                grads.append(None)
-                continue
-            reduction = self._reduction("convolution", role, lengths[role])
-            roles = role_backend(self._backend(reduction, role, x.device))
+        reductions = {role: self._reduction("convolution", role, length)
+                      for (role, length), wanted in zip(lengths.items(), output_mask) if wanted}
+        grads = None, None
+        for role, reduction in reductions.items():
+            backend = self._backend(reduction, role, x.device)  # the same for both roles
             self.report.count("convolution", role)
-            if role == "input_grad":
-                grads.append(roles.input_grad(grad, w, tuple(x.shape[2:]), stride, padding, reduction, x.dtype))
-            else:
-                grads.append(roles.weight_grad(x, grad, (kh, kw), stride, padding, reduction, w.dtype))
-        grads.append(grad.sum((0, 2, 3)) if output_mask[2] else None)
-        return tuple(grads)
+        if reductions:
+            grads = role_backend(backend).gradients(
+                x, w, grad, stride, padding, reductions.get("input_grad"), reductions.get("weight_grad"))
+        return (*grads, grad.sum((0, 2, 3)) if output_mask[2] else None)
 
 
 def policy_mode(policy=None, *, backend: str = "auto") -> PolicyMode:

@@ -8,7 +8,11 @@ kernels read the same matrices by address arithmetic instead.
 """
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import numba
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -36,47 +40,75 @@ def _taps(framed: torch.Tensor, kernel_size, out_size, step, flipped: bool) -> t
     return taps.view(channels * kh * kw, batch * ho * wo)
 
 
+class _Axis(NamedTuple):
+    """Target position t along one axis reads source position (t * scale + offset + sign * tap) / divisor,
+    where that is a whole number in [0, source); else an exact zero."""
+
+    target: int
+    source: int
+    scale: int
+    offset: int
+    sign: int
+    divisor: int
+
+
 @numba.njit(cache=True, inline="always")
-def _span(size_out, size_src, step, offset):  # pragma: no cover - compiled
-    """Output indices o in [lo, hi) whose source index o * step + offset lies in [0, size_src)."""
-    lo = 0 if offset >= 0 else (step - 1 - offset) // step
-    hi = 0 if offset > size_src - 1 else (size_src - 1 - offset) // step + 1
-    return lo, max(lo, min(hi, size_out))
+def _source_position(t, tap, axis):  # pragma: no cover - compiled
+    """Source position of target position t with tap `tap` along `axis`, or -1 where there is none."""
+    target, source, scale, offset, sign, divisor = axis
+    numerator = t * scale + offset + sign * tap
+    if numerator < 0 or numerator % divisor != 0 or numerator // divisor >= source:
+        return -1
+    return numerator // divisor
 
 
 @numba.njit(cache=True, nogil=True)
-def _unfold(src, kh, kw, sign, step_y, step_x, offset_y, offset_x, out_h, out_w, out):  # pragma: no cover
-    """out[(c*kh + ky)*kw + kx, (b*out_h + oy)*out_w + ox] = src[b, c, oy*step_y + offset_y + sign*ky,
-    ox*step_x + offset_x + sign*kx], zero where that lies outside src."""
-    batch, channels, h, w = src.shape
-    for c in range(channels):
-        for ky in range(kh):
-            y_lo, y_hi = _span(out_h, h, step_y, offset_y + sign * ky)
-            for kx in range(kw):
-                shift = offset_x + sign * kx
-                x_lo, x_hi = _span(out_w, w, step_x, shift)
-                line = out[(c * kh + ky) * kw + kx]
-                at = 0
-                for b in range(batch):
-                    for oy in range(out_h):
-                        if oy < y_lo or oy >= y_hi:
-                            for ox in range(out_w):
-                                line[at + ox] = 0
-                        else:
-                            y = oy * step_y + offset_y + sign * ky
-                            for ox in range(x_lo):
-                                line[at + ox] = 0
-                            for ox in range(x_lo, x_hi):
-                                line[at + ox] = src[b, c, y, ox * step_x + shift]
-                            for ox in range(x_hi, out_w):
-                                line[at + ox] = 0
-                        at += out_w
+def _tap_index(kh, kw, batch, rows, cols):  # pragma: no cover - compiled
+    """For each tap (ky, kx) and target column (b, y, x): 1 + the source's flat (b, sy, sx), or 0
+    (the zero kept in front of every source plane) where the tap reads nothing."""
+    plane, targets = rows[1] * cols[1], rows[0] * cols[0]
+    index = np.empty((kh * kw, batch * targets), dtype=np.int64)
+    for ky in range(kh):
+        for kx in range(kw):
+            line = index[ky * kw + kx]
+            for y in range(rows[0]):
+                sy = _source_position(y, ky, rows)
+                for x in range(cols[0]):
+                    sx = _source_position(x, kx, cols)
+                    line[y * cols[0] + x] = 0 if sy < 0 or sx < 0 else 1 + sy * cols[1] + sx
+            for b in range(1, batch):
+                for j in range(targets):
+                    line[b * targets + j] = line[j] + b * plane if line[j] > 0 else 0
+    return index
 
 
-def _unfolded(src: torch.Tensor, kernel_size, step, offset, sign: int, out_size) -> torch.Tensor:
-    (kh, kw), (out_h, out_w) = kernel_size, out_size
-    out = src.new_empty(src.shape[1] * kh * kw, src.shape[0] * out_h * out_w)
-    _unfold(src.contiguous().numpy(), kh, kw, sign, *step, *offset, out_h, out_w, out.numpy())
+@numba.njit(cache=True, nogil=True)
+def _gather_taps(planes, index, out):  # pragma: no cover - compiled
+    """out[c * taps + t, i] = planes[c, index[t, i]]: one long gather per row of the operand."""
+    taps, columns = index.shape
+    for c in range(planes.shape[0]):
+        plane = planes[c]
+        for t in range(taps):
+            line, positions = out[c * taps + t], index[t]
+            for i in range(columns):
+                line[i] = plane[positions[i]]
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_tap_index(kernel_size, batch: int, rows: _Axis, cols: _Axis) -> np.ndarray:
+    """_tap_index of a geometry: a layer's geometry recurs at every step."""
+    return _tap_index(*kernel_size, batch, rows, cols)
+
+
+def _gathered(src: torch.Tensor, kernel_size, rows: _Axis, cols: _Axis) -> torch.Tensor:
+    """(C*kh*kw, N*rows.target*cols.target) operand of src (N, C, rows.source, cols.source) on the CPU."""
+    batch, channels = src.shape[:2]
+    planes = src.new_empty(channels, 1 + src[:, 0].numel())
+    planes[:, 0] = 0
+    planes[:, 1:].view(channels, batch, -1).copy_(src.reshape(batch, channels, -1).transpose(0, 1))
+    index = _cached_tap_index(tuple(kernel_size), batch, rows, cols)
+    out = src.new_empty(channels * index.shape[0], index.shape[1])
+    _gather_taps(planes.numpy(), index, out.numpy())
     return out
 
 
@@ -86,8 +118,10 @@ def patch_matrix(x: torch.Tensor, kernel_size, stride, padding) -> torch.Tensor:
     Entry = x[b, ci, oy*sh - ph + ky, ox*sw - pw + kx] (zero outside the input).
     """
     out_size = output_size(x.shape[2:], kernel_size, stride, padding)
-    if x.device.type == "cpu":
-        return _unfolded(x, kernel_size, stride, (-padding[0], -padding[1]), 1, out_size)
+    if x.device.type == "cpu":  # output row oy with tap ky reads input row oy*sh - ph + ky
+        rows, cols = (_Axis(out, size, step, -pad, 1, 1)
+                      for out, size, step, pad in zip(out_size, x.shape[2:], stride, padding))
+        return _gathered(x, kernel_size, rows, cols)
     (ph, pw) = padding
     framed = F.pad(x, (pw, pw, ph, ph)).transpose(0, 1)
     return _taps(framed, kernel_size, out_size, stride, flipped=False)
@@ -103,12 +137,14 @@ def output_grad_taps(grad_out: torch.Tensor, input_size, kernel_size, stride, pa
     """
     (h, w), (kh, kw), (sh, sw), (ph, pw) = input_size, kernel_size, stride, padding
     n, cout, ho, wo = grad_out.shape
+    if grad_out.device.type == "cpu":  # input row y with tap ky reads output row (y + ph - ky) / sh
+        rows, cols = (_Axis(size, out, 1, pad, -1, step)
+                      for size, out, step, pad in zip(input_size, (ho, wo), stride, padding))
+        return _gathered(grad_out, kernel_size, rows, cols)
     if (sh, sw) != (1, 1):  # on the stride-1 grid of output positions, zero between them
         spread = grad_out.new_zeros(n, cout, (ho - 1) * sh + 1, (wo - 1) * sw + 1)
         spread[:, :, ::sh, ::sw] = grad_out
         grad_out = spread
-    if grad_out.device.type == "cpu":  # input row y with tap ky reads grid row y + ph - ky
-        return _unfolded(grad_out, kernel_size, (1, 1), (ph, pw), -1, input_size)
     # Row r of `framed` is output-grid row r - (kh - 1 - ph); input row y with tap ky reads
     # row y + kh - 1 - ky. Negative pads crop rows no input position reads.
     top, left = kh - 1 - ph, kw - 1 - pw

@@ -19,6 +19,7 @@ run with torch's CPU matmuls and convolutions in IEEE fp32, whatever torch is se
 """
 from __future__ import annotations
 
+import contextvars
 import os
 import queue
 import threading
@@ -64,6 +65,8 @@ class _Pool:
 # compete with the worker for the cores.
 INLINE_BLOCKS = 1
 _POOL: _Pool | None = None
+# Set by threads_to_workers: the workers' count while the caller's torch runs on one thread.
+_WORKERS: contextvars.ContextVar[int | None] = contextvars.ContextVar("emulate_workers", default=None)
 _POOL_LOCK = threading.Lock()
 
 
@@ -105,6 +108,24 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
+@contextmanager
+def threads_to_workers():
+    """For the block, torch's threads in the caller go to the workers: torch runs on one thread
+    there and blocks of work on as many workers as it had threads (the same bits either way).
+
+    On a few cores this is the faster split for emulated training: each of torch's parallel ops
+    in the caller leaves OpenMP's threads spinning for a while, competing with the workers for
+    the cores, while the ops between the emulated reductions of a small network gain little
+    from more threads.
+    """
+    token = _WORKERS.set(_WORKERS.get() or torch.get_num_threads())
+    try:
+        with one_thread():
+            yield
+    finally:
+        _WORKERS.reset(token)
+
+
 def run_blocks(blocks: Sequence[Callable[[], None]]) -> None:
     """Run every block once, on as many single-threaded workers as torch has threads here.
 
@@ -116,15 +137,15 @@ def run_blocks(blocks: Sequence[Callable[[], None]]) -> None:
 
 
 def _run(blocks: Sequence[Callable[[], None]]) -> None:
-    threads = torch.get_num_threads()
+    threads = _WORKERS.get() or torch.get_num_threads()
     if threads == 1 or len(blocks) <= INLINE_BLOCKS:
         with one_thread():
             for block in blocks:
                 block()
         return
-    workers = min(threads, len(blocks))
+    helpers = min(threads, len(blocks)) - 1  # the caller is one of the workers
     pool = _pool()
-    pool.grow(workers)
+    pool.grow(helpers)
     pending = iter(blocks)
     errors: list[BaseException] = []
     done = threading.Semaphore(0)
@@ -140,9 +161,11 @@ def _run(blocks: Sequence[Callable[[], None]]) -> None:
         finally:
             done.release()
 
-    for _ in range(workers):
+    for _ in range(helpers):
         pool.tasks.put(drain)
-    for _ in range(workers):
+    with one_thread():
+        drain()
+    for _ in range(helpers + 1):
         done.acquire()
     if errors:
         raise errors[0]

@@ -17,7 +17,7 @@ from kernels import conv_emulate, gemm_emulate
 from kernels.calls import counting
 from kernels.order import call_key, chunk_order, order_index, permutation_table
 from kernels.order_cpu import COUNTING_SORT_MAX, BlockOrder, Placement, _permutation_table, reduce_block
-from kernels.reduction import Policy, Reduction
+from kernels.reduction import Reduction
 from kernels.workers_emulate import INLINE_BLOCKS, run_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,7 +164,7 @@ def spec_role(role, x, w, gy, stride, padding, reduction, call):
 def emulated_roles(x, w, gy, stride, padding, reduction):
     with counting():
         y = conv_emulate.forward(x, w, (stride, stride), (padding, padding), reduction, torch.float32)
-        gx, gw = conv_emulate.gradients(x, w, gy, (stride, stride), (padding, padding), Policy.uniform(reduction), True, True)
+        gx, gw = conv_emulate.gradients(x, w, gy, (stride, stride), (padding, padding), reduction, reduction)
     return {"forward": y, "input_grad": gx, "weight_grad": gw}
 
 

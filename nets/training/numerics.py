@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels import ROLES, Policy, Reduction, default_device, resolve_backend
+from kernels import ROLES, Policy, Reduction, default_device, resolve_backend, threads_to_workers
 
 from .config import RunConfig
 
@@ -129,7 +129,10 @@ def prepare_cuda_environment(numerics: Numerics, device: torch.device) -> None:
 
 @contextmanager
 def torch_switches(numerics: Numerics, device: torch.device):
-    """Set torch's determinism and TF32 switches for the run; restore the previous ones after."""
+    """Set torch's determinism and TF32 switches for the run; restore the previous ones after.
+
+    An emulated run's torch threads go to the emulate backend's workers (kernels.threads_to_workers).
+    """
     saved = (
         torch.are_deterministic_algorithms_enabled(),
         torch.is_deterministic_algorithms_warn_only_enabled(),
@@ -149,7 +152,8 @@ def torch_switches(numerics: Numerics, device: torch.device):
     torch.backends.cudnn.allow_tf32 = numerics.tf32
     torch.backends.cuda.matmul.allow_tf32 = numerics.tf32
     try:
-        yield
+        with threads_to_workers() if numerics.backend == "emulate" else nullcontext():
+            yield
     finally:
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
         (torch.utils.deterministic.fill_uninitialized_memory, torch.backends.cudnn.deterministic,
