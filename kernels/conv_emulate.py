@@ -19,7 +19,8 @@ inputs are made contiguous first, so none depends on their memory format. torch'
 form a chunk only where they are plain sums of products (oneDNN's direct convolution in IEEE
 fp32, or the im2col path for fp64); otherwise the operands path is used. Off the CPU every role
 is the operand matrices times kernels.gemm_emulate. `gradients` runs both gradient roles of a
-backward pass on the workers at once.
+backward pass on the workers at once. Each call runs with torch's threads handed to the workers
+(kernels.workers_emulate.threads_to_workers).
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from .operands_emulate import output_grad_taps, output_size, patch_matrix
 from .order import chunk_bounds
 from .order_cpu import BlockOrder, Placement, reduce_block
 from .reduction import Reduction
-from .workers_emulate import run_blocks
+from .workers_emulate import run_blocks, threads_to_workers
 
 # Sizes of the blocks of work, in multiply-adds and bytes. A torch convolution call costs as much
 # as tens of millions of multiply-adds before it starts, a matmul far fewer; a convolution split
@@ -261,17 +262,20 @@ def _channels_first(out: torch.Tensor, batch: int, size) -> torch.Tensor:
 
 def forward(x, w, stride, padding, reduction: Reduction, out_dtype) -> torch.Tensor:
     """y[b, co, oy, ox] = C[co, b*Ho*Wo + oy*Wo + ox], C = W (Cout, Cin*kh*kw) @ im2col(x)."""
-    return _run(_forward(x, w, stride, padding, reduction, out_dtype))[0]
+    with threads_to_workers():
+        return _run(_forward(x, w, stride, padding, reduction, out_dtype))[0]
 
 
 def input_grad(grad_out, w, input_size, stride, padding, reduction: Reduction, out_dtype) -> torch.Tensor:
     """dx[b, ci, y, x] = C[ci, b*H*W + y*W + x], C = W^T (Cin, Cout*kh*kw) @ taps(grad_out)."""
-    return _run(_input_grad(grad_out, w, input_size, stride, padding, reduction, out_dtype))[0]
+    with threads_to_workers():
+        return _run(_input_grad(grad_out, w, input_size, stride, padding, reduction, out_dtype))[0]
 
 
 def weight_grad(x, grad_out, kernel_size, stride, padding, reduction: Reduction, out_dtype) -> torch.Tensor:
     """dw[co, ci, ky, kx] = C[co, ci*kh*kw + ky*kw + kx], C = dY (Cout, N*Ho*Wo) @ im2col(x)^T."""
-    return _run(_weight_grad(x, grad_out, kernel_size, stride, padding, reduction, out_dtype))[0]
+    with threads_to_workers():
+        return _run(_weight_grad(x, grad_out, kernel_size, stride, padding, reduction, out_dtype))[0]
 
 
 def gradients(x, w, grad_out, stride, padding, input_reduction: Reduction | None,
@@ -280,9 +284,10 @@ def gradients(x, w, grad_out, stride, padding, input_reduction: Reduction | None
     not wanted, and None), their blocks run on the workers together; call numbers are taken
     input gradient first, as by the two roles."""
     roles = []
-    if input_reduction is not None:
-        roles.append(_input_grad(grad_out, w, tuple(x.shape[2:]), stride, padding, input_reduction, x.dtype))
-    if weight_reduction is not None:
-        roles.append(_weight_grad(x, grad_out, tuple(w.shape[2:]), stride, padding, weight_reduction, w.dtype))
-    results = iter(_run(*roles))
+    with threads_to_workers():
+        if input_reduction is not None:
+            roles.append(_input_grad(grad_out, w, tuple(x.shape[2:]), stride, padding, input_reduction, x.dtype))
+        if weight_reduction is not None:
+            roles.append(_weight_grad(x, grad_out, tuple(w.shape[2:]), stride, padding, weight_reduction, w.dtype))
+        results = iter(_run(*roles))
     return tuple(None if reduction is None else next(results) for reduction in (input_reduction, weight_reduction))

@@ -25,7 +25,7 @@ from .formats import ACCUMULATE_DTYPES, add_rounded, round_operand
 from .order import chunk_bounds, chunk_order, order_index
 from .order_cpu import BlockOrder, Placement, reduce_block
 from .reduction import Reduction
-from .workers_emulate import run_blocks
+from .workers_emulate import run_blocks, threads_to_workers
 
 TILE_ROWS, TILE_COLS = 256, 512  # largest tile: enough tiles to share, b's column slice stays in cache
 TILE_BYTES = 1 << 21  # the chunk partials of one tile fit in one core's L2 cache
@@ -117,8 +117,9 @@ def gemm(a: torch.Tensor, b: torch.Tensor, reduction: Reduction, key: int, out_d
         if key is not None:
             partials = ordered_partials(partials, key, reduction.granularity)
         return sum_in_order(partials).to(out_dtype)
-    a = round_operand(a, reduction.precision).contiguous()
-    b = round_operand(b, reduction.precision).contiguous()
-    out = torch.empty(m, n, dtype=out_dtype)
-    _cpu_gemm(a, b, reduction, BlockOrder(reduction.splits, key, reduction.granularity, n), out)
+    with threads_to_workers():
+        a = round_operand(a, reduction.precision).contiguous()
+        b = round_operand(b, reduction.precision).contiguous()
+        out = torch.empty(m, n, dtype=out_dtype)
+        _cpu_gemm(a, b, reduction, BlockOrder(reduction.splits, key, reduction.granularity, n), out)
     return out

@@ -2,9 +2,11 @@
 
 kernels.conv specifies each role as a GEMM; these build its right-hand operand for a run of
 images: the im2col of the input (forward, and the weight gradient's transposed operand) and
-the taps of the output gradient (input gradient). On the CPU one compiled pass (numba, GIL
-released) writes the whole matrix, elsewhere one strided copy per tap. The Triton implicit-GEMM
-kernels read the same matrices by address arithmetic instead.
+the taps of the output gradient (input gradient). On the CPU each row is one compiled gather
+(numba, GIL released) from the source laid out channel by channel, through an index of source
+positions that depends on the layer's geometry alone (computed once per geometry); elsewhere one
+strided copy per tap. The Triton implicit-GEMM kernels read the same matrices by address
+arithmetic instead.
 """
 from __future__ import annotations
 

@@ -7,8 +7,9 @@ depend on the problem alone, and runs each block as single-threaded torch calls 
 these workers. How many workers there are, and which block lands on which, then changes no
 element's order: the bits are the same on 1, 2 or 4 threads.
 
-A call of at most INLINE_BLOCKS blocks (the small layers) runs them in the caller instead,
-with torch set to one thread for the while: the same single-threaded calls, so the same bits.
+The calling thread is one of the workers, with torch set to one thread for the while; a call
+of at most INLINE_BLOCKS blocks (the small layers) runs them in the caller alone: the same
+single-threaded calls, so the same bits.
 
 Each worker sets torch's intra-op threads to 1 for itself (OpenMP's and MKL's settings are
 per thread); torch also keeps that number as the default for threads started later, so the
