@@ -9,7 +9,8 @@ parallel on single-threaded workers (kernels.workers_emulate), and a finishing s
                         of images; the weight gradient's runs are added in run order.
   several chunks        the forward and the input gradient by runs of images: the run's
                         operand (kernels.operands_emulate) times each chunk of the weights,
-                        the partials added in their order straight into the output; the
+                        one batched matmul over both padded chunk by chunk, the partials
+                        added in their order straight into the output; the
                         weight gradient by pieces of each chunk's (image, pixel) range, the
                         pieces of a chunk added in piece order, then the chunks in theirs.
 
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 from . import gemm_emulate
 from .calls import next_key
 from .formats import ACCUMULATE_DTYPES, round_operand
-from .operands_emulate import output_grad_taps, output_size, patch_matrix
+from .operands_emulate import chunk_padded, output_grad_taps, output_size, patch_matrix
 from .order import chunk_bounds
 from .order_cpu import BlockOrder, Placement, reduce_block
 from .reduction import Reduction
@@ -110,20 +111,22 @@ def _whole(operand, conv, products: int, reduction: Reduction, out_dtype) -> _Ro
 
 def _chunked(operand, weights, unfold, pixels, reduction: Reduction, key, out_dtype) -> _Role:
     """A forward or input-gradient role by runs of images of `operand` (batch first): weights
-    (channels, K) times unfold(images), (K, images * pixels), for each chunk of K, and the run's
-    partials added in their order into the (batch, channels, pixels) result."""
-    (batch, channels), k = (operand.shape[0], weights.shape[0]), weights.shape[1]
+    (channels, K) times unfold(images, splits), (K, images * pixels), for each chunk of K (both
+    operands padded chunk by chunk, operands_emulate.chunk_rows), and the run's partials added
+    in their order into the (batch, channels, pixels) result."""
+    (batch, channels), k, splits = (operand.shape[0], weights.shape[0]), weights.shape[1], reduction.splits
     out = torch.empty(batch, channels, pixels, dtype=out_dtype)
     acc_dtype = ACCUMULATE_DTYPES[reduction.accumulate]
-    order = BlockOrder(reduction.splits, gemm_emulate.call_key(reduction, key), reduction.granularity, batch * pixels)
-    bounds = chunk_bounds(k, reduction.splits)
+    order = BlockOrder(splits, gemm_emulate.call_key(reduction, key), reduction.granularity, batch * pixels)
+    chunks = chunk_padded(weights, splits, dim=1).view(channels, splits, -1).transpose(0, 1)
 
     def block(b0, b1):
-        partials = _chunk_products(weights, unfold(operand[b0:b1]), bounds).view(-1, channels, b1 - b0, pixels)
+        columns = unfold(operand[b0:b1], splits)
+        partials = torch.bmm(chunks, columns.view(splits, -1, columns.shape[1])).view(-1, channels, b1 - b0, pixels)
         reduce_block(partials.to(acc_dtype), out[b0:b1].transpose(0, 1), order,
                      Placement((0, 1, 0, 0), (b0 * pixels, 0, pixels, 1)))
 
-    count = _run_count(batch * channels * k * pixels, 4 * batch * (len(bounds) * channels + k) * pixels, conv=False)
+    count = _run_count(batch * channels * k * pixels, 4 * batch * (splits * channels + k) * pixels, conv=False)
     return _Role([lambda r=r: block(*r) for r in _runs(batch, count)], lambda: out)
 
 
@@ -144,8 +147,8 @@ def _forward(x, w, stride, padding, reduction: Reduction, out_dtype) -> _Role:
     if _torch_conv_applies(reduction, x, w):
         return _whole(x, lambda images: F.conv2d(images, w, None, stride, padding), batch * cout * k * pixels,
                       reduction, out_dtype)
-    role = _chunked(x, w.view(cout, k), lambda images: patch_matrix(images, (kh, kw), stride, padding), pixels,
-                    reduction, key, out_dtype)
+    role = _chunked(x, w.view(cout, k), lambda images, splits: patch_matrix(images, (kh, kw), stride, padding, splits),
+                    pixels, reduction, key, out_dtype)
     return role._replace(finish=lambda: role.finish().view(batch, cout, *size))
 
 
@@ -169,7 +172,8 @@ def _input_grad(grad_out, w, input_size, stride, padding, reduction: Reduction, 
                  zip(input_size, grad_out.shape[2:], stride, padding, (kh, kw))]
         return _whole(grad_out, lambda images: F.conv_transpose2d(images, w, None, stride, padding, extra),
                       batch * cin * k * pixels, reduction, out_dtype)
-    role = _chunked(grad_out, weights_t, lambda images: output_grad_taps(images, input_size, (kh, kw), stride, padding),
+    role = _chunked(grad_out, weights_t,
+                    lambda images, splits: output_grad_taps(images, input_size, (kh, kw), stride, padding, splits),
                     pixels, reduction, key, out_dtype)
     return role._replace(finish=lambda: role.finish().view(batch, cin, *input_size))
 
@@ -241,18 +245,6 @@ def _pieces(bounds, cuts: list[int]) -> list[tuple[int, int, int]]:
         ends = [lo, *cuts[bisect.bisect_right(cuts, lo):bisect.bisect_left(cuts, hi)], hi]
         pieces += [(a, b, s) for a, b in zip(ends, ends[1:])]
     return pieces
-
-
-def _chunk_products(a: torch.Tensor, b: torch.Tensor, bounds) -> torch.Tensor:
-    """(splits, M, N): a[:, lo:hi] @ b[lo:hi] for each chunk (lo, hi), as one batched matmul when
-    the chunks are equal (a and b contiguous)."""
-    (m, k), n, splits = a.shape, b.shape[1], len(bounds)
-    if k % splits == 0:
-        return torch.bmm(a.view(m, splits, k // splits).transpose(0, 1), b.view(splits, k // splits, n))
-    products = a.new_empty(splits, m, n)
-    for s, (lo, hi) in enumerate(bounds):
-        torch.mm(a[:, lo:hi], b[lo:hi], out=products[s])
-    return products
 
 
 def _channels_first(out: torch.Tensor, batch: int, size) -> torch.Tensor:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .geometry import conv_output_size
+from .order import chunk_bounds
 
 
 def output_size(input_size, kernel_size, stride, padding) -> tuple[int, int]:
@@ -85,15 +86,21 @@ def _tap_index(kh, kw, batch, rows, cols):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather_taps(planes, index, out):  # pragma: no cover - compiled
-    """out[c * taps + t, i] = planes[c, index[t, i]]: one long gather per row of the operand."""
+def _gather_taps(planes, index, targets, out):  # pragma: no cover - compiled
+    """out[targets[c * taps + t], i] = planes[c, index[t, i]]: one long gather per row of the
+    operand; every row of `out` no target names is zero."""
     taps, columns = index.shape
+    written = np.zeros(out.shape[0], dtype=np.bool_)
     for c in range(planes.shape[0]):
         plane = planes[c]
         for t in range(taps):
-            line, positions = out[c * taps + t], index[t]
+            row = targets[c * taps + t]
+            line, positions, written[row] = out[row], index[t], True
             for i in range(columns):
                 line[i] = plane[positions[i]]
+    for row in range(out.shape[0]):
+        if not written[row]:
+            out[row] = 0
 
 
 @functools.lru_cache(maxsize=64)
@@ -102,47 +109,71 @@ def _cached_tap_index(kernel_size, batch: int, rows: _Axis, cols: _Axis) -> np.n
     return _tap_index(*kernel_size, batch, rows, cols)
 
 
-def _gathered(src: torch.Tensor, kernel_size, rows: _Axis, cols: _Axis) -> torch.Tensor:
-    """(C*kh*kw, N*rows.target*cols.target) operand of src (N, C, rows.source, cols.source) on the CPU."""
+@functools.lru_cache(maxsize=64)
+def chunk_rows(k: int, splits: int) -> np.ndarray:
+    """Where each of K rows goes when every chunk of K (kernels.order.chunk_bounds) is padded
+    with zero rows to the longest, ceil(K / splits): chunk s then starts at row s * ceil(K / splits),
+    and the chunk products are one batched matmul even where the chunks differ in length."""
+    longest = -(-k // splits)
+    return np.array([s * longest + row - lo for s, (lo, hi) in enumerate(chunk_bounds(k, splits))
+                     for row in range(lo, hi)], dtype=np.int64)
+
+
+def _gathered(src: torch.Tensor, kernel_size, rows: _Axis, cols: _Axis, splits: int) -> torch.Tensor:
+    """(C*kh*kw, N*rows.target*cols.target) operand of src (N, C, rows.source, cols.source) on the
+    CPU, its rows padded chunk by chunk (chunk_rows) for `splits` chunks."""
     batch, channels = src.shape[:2]
     planes = src.new_empty(channels, 1 + src[:, 0].numel())
     planes[:, 0] = 0
     planes[:, 1:].view(channels, batch, -1).copy_(src.reshape(batch, channels, -1).transpose(0, 1))
     index = _cached_tap_index(tuple(kernel_size), batch, rows, cols)
-    out = src.new_empty(channels * index.shape[0], index.shape[1])
-    _gather_taps(planes.numpy(), index, out.numpy())
+    k = channels * index.shape[0]
+    out = src.new_empty(splits * -(-k // splits), index.shape[1])
+    _gather_taps(planes.numpy(), index, chunk_rows(k, splits), out.numpy())
     return out
 
 
-def patch_matrix(x: torch.Tensor, kernel_size, stride, padding) -> torch.Tensor:
+def chunk_padded(matrix: torch.Tensor, splits: int, dim: int = 0) -> torch.Tensor:
+    """The 2-D matrix with its K rows (dim 0) or columns (dim 1) padded chunk by chunk (chunk_rows)."""
+    k = matrix.shape[dim]
+    if k % splits == 0:
+        return matrix
+    shape = list(matrix.shape)
+    shape[dim] = splits * -(-k // splits)
+    rows = torch.from_numpy(chunk_rows(k, splits)).to(matrix.device)
+    return matrix.new_zeros(shape).index_copy_(dim, rows, matrix)
+
+
+def patch_matrix(x: torch.Tensor, kernel_size, stride, padding, splits: int = 1) -> torch.Tensor:
     """im2col of x: (Cin*kh*kw, N*Ho*Wo), row ci*kh*kw + ky*kw + kx, column b*Ho*Wo + oy*Wo + ox.
 
-    Entry = x[b, ci, oy*sh - ph + ky, ox*sw - pw + kx] (zero outside the input).
+    Entry = x[b, ci, oy*sh - ph + ky, ox*sw - pw + kx] (zero outside the input). With `splits`,
+    the rows are padded chunk by chunk (chunk_rows).
     """
     out_size = output_size(x.shape[2:], kernel_size, stride, padding)
     if x.device.type == "cpu":  # output row oy with tap ky reads input row oy*sh - ph + ky
         rows, cols = (_Axis(out, size, step, -pad, 1, 1)
                       for out, size, step, pad in zip(out_size, x.shape[2:], stride, padding))
-        return _gathered(x, kernel_size, rows, cols)
+        return _gathered(x, kernel_size, rows, cols, splits)
     (ph, pw) = padding
     framed = F.pad(x, (pw, pw, ph, ph)).transpose(0, 1)
-    return _taps(framed, kernel_size, out_size, stride, flipped=False)
+    return chunk_padded(_taps(framed, kernel_size, out_size, stride, flipped=False), splits)
 
 
-def output_grad_taps(grad_out: torch.Tensor, input_size, kernel_size, stride, padding) -> torch.Tensor:
+def output_grad_taps(grad_out: torch.Tensor, input_size, kernel_size, stride, padding, splits: int = 1) -> torch.Tensor:
     """The (Cout*kh*kw, N*H*W) operand of the input gradient.
 
     Row co*kh*kw + ky*kw + kx, column b*H*W + y*W + x holds grad_out[b, co, oy, ox] where
     oy*sh - ph + ky = y and ox*sw - pw + kx = x, and an exact zero for taps that land on no
     output position (between strided outputs or outside the output): the K index runs over all
-    taps, as in the implicit GEMM.
+    taps, as in the implicit GEMM. With `splits`, the rows are padded chunk by chunk (chunk_rows).
     """
     (h, w), (kh, kw), (sh, sw), (ph, pw) = input_size, kernel_size, stride, padding
     n, cout, ho, wo = grad_out.shape
     if grad_out.device.type == "cpu":  # input row y with tap ky reads output row (y + ph - ky) / sh
         rows, cols = (_Axis(size, out, 1, pad, -1, step)
                       for size, out, step, pad in zip(input_size, (ho, wo), stride, padding))
-        return _gathered(grad_out, kernel_size, rows, cols)
+        return _gathered(grad_out, kernel_size, rows, cols, splits)
     if (sh, sw) != (1, 1):  # on the stride-1 grid of output positions, zero between them
         spread = grad_out.new_zeros(n, cout, (ho - 1) * sh + 1, (wo - 1) * sw + 1)
         spread[:, :, ::sh, ::sw] = grad_out
@@ -153,4 +184,4 @@ def output_grad_taps(grad_out: torch.Tensor, input_size, kernel_size, stride, pa
     bottom = h + kh - 1 - grad_out.shape[2] - top
     right = w + kw - 1 - grad_out.shape[3] - left
     framed = F.pad(grad_out, (left, right, top, bottom)).transpose(0, 1)
-    return _taps(framed, kernel_size, input_size, (1, 1), flipped=True)
+    return chunk_padded(_taps(framed, kernel_size, input_size, (1, 1), flipped=True), splits)
