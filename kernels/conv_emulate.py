@@ -51,6 +51,7 @@ GEMM_RUN_PRODUCTS = 1 << 23
 CACHE_BYTES = 1 << 23
 RUN_BYTES = 1 << 25
 PIECE_BYTES = 1 << 24
+OPERAND_BYTES = 1 << 26  # a weight gradient's whole im2col up to this size is built at once
 SUM_ELEMENTS = 1 << 16  # a block of the weight gradient's ordered sum: fewer elements cost more to hand out
 
 
@@ -193,6 +194,13 @@ def _weight_grad(x, grad_out, kernel_size, stride, padding, reduction: Reduction
     if x.device.type != "cpu":
         cols = patch_matrix(x, kernel_size, stride, padding)
         return _done(gemm_emulate.gemm(grads, cols.t(), reduction, key, out_dtype).view(cout, cin, kh, kw))
+    if not conv and reduction.splits * cout >= 4 * k and 4 * n * k <= OPERAND_BYTES:
+        # chunk partials of the whole output would outweigh the operand many times: the whole
+        # operand at once instead, through the GEMM's cache-sized output tiles
+        cols = patch_matrix(x, kernel_size, stride, padding).t().contiguous()
+        out = torch.empty(cout, n, dtype=out_dtype)
+        order = BlockOrder(reduction.splits, gemm_emulate.call_key(reduction, key), reduction.granularity, n)
+        return _Role(gemm_emulate.tile_blocks(grads, cols, reduction, order, out), lambda: out.view(cout, cin, kh, kw))
     bounds = chunk_bounds(k, reduction.splits)
     count = _run_count(cout * n * k, 0 if conv else 4 * (n + cout) * k, conv)
     count = min(count, max(2, PIECE_BYTES // (4 * cout * n)))  # pieces within bounded memory

@@ -79,8 +79,9 @@ def output_tiles(m: int, n: int, k: int, stored: int) -> list[tuple[int, int, in
     return [(r, min(r + rows, m), c, min(c + cols, n)) for r in range(0, m, rows) for c in range(0, n, cols)]
 
 
-def _cpu_gemm(a, b, reduction: Reduction, order: BlockOrder, out: torch.Tensor) -> None:
-    """The tiled CPU path: every tile's partials formed and added by one worker."""
+def tile_blocks(a, b, reduction: Reduction, order: BlockOrder, out: torch.Tensor) -> list:
+    """The tiled CPU path as blocks of work for kernels.workers_emulate: each forms one tile's
+    partials of a (M, K) @ b (K, N) (contiguous, rounded) and adds them in their order into `out`."""
     (m, k), n = a.shape, b.shape[1]
     bounds = chunk_bounds(k, reduction.splits)
     acc_dtype = ACCUMULATE_DTYPES[reduction.accumulate]
@@ -102,7 +103,7 @@ def _cpu_gemm(a, b, reduction: Reduction, order: BlockOrder, out: torch.Tensor) 
                      Placement((r0, 0, 1, 0), (c0, 0, 0, 1)))
 
     stored = 0 if direct else len(bounds) + (acc_dtype != a.dtype)
-    run_blocks([lambda t=t: tile(*t) for t in output_tiles(m, n, k, max(stored, 1))])
+    return [lambda t=t: tile(*t) for t in output_tiles(m, n, k, max(stored, 1))]
 
 
 def gemm(a: torch.Tensor, b: torch.Tensor, reduction: Reduction, key: int, out_dtype: torch.dtype):
@@ -121,5 +122,5 @@ def gemm(a: torch.Tensor, b: torch.Tensor, reduction: Reduction, key: int, out_d
         a = round_operand(a, reduction.precision).contiguous()
         b = round_operand(b, reduction.precision).contiguous()
         out = torch.empty(m, n, dtype=out_dtype)
-        _cpu_gemm(a, b, reduction, BlockOrder(reduction.splits, key, reduction.granularity, n), out)
+        run_blocks(tile_blocks(a, b, reduction, BlockOrder(reduction.splits, key, reduction.granularity, n), out))
     return out

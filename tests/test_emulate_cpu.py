@@ -168,7 +168,8 @@ def emulated_roles(x, w, gy, stride, padding, reduction):
     return {"forward": y, "input_grad": gx, "weight_grad": gw}
 
 
-CONV_CONFIGS = [(9, 8, 12, 7, 3, 1, 1), (7, 6, 5, 9, 3, 2, 1), (6, 10, 16, 7, 1, 2, 0), (5, 4, 6, 11, 5, 2, 2)]
+CONV_CONFIGS = [(9, 8, 12, 7, 3, 1, 1), (7, 6, 5, 9, 3, 2, 1), (6, 10, 16, 7, 1, 2, 0), (5, 4, 6, 11, 5, 2, 2),
+                (2, 3, 24, 3, 3, 1, 1)]  # the last: a weight gradient whose chunk partials outweigh its operand
 CONV_REDUCTIONS = REDUCTIONS + [Reduction("splitk", splits=4, granularity="element", accumulate="bf16", seed=8),
                                 Reduction("fixed", splits=1, precision="bf16")]
 
