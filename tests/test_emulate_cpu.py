@@ -18,7 +18,7 @@ from kernels.calls import counting
 from kernels.order import call_key, chunk_order, order_index, permutation_table
 from kernels.order_cpu import COUNTING_SORT_MAX, BlockOrder, Placement, _permutation_table, reduce_block
 from kernels.reduction import Reduction
-from kernels.workers_emulate import INLINE_BLOCKS, run_blocks
+from kernels.workers_emulate import INLINE_BLOCKS, run_blocks, threads_to_workers
 
 ROOT = Path(__file__).resolve().parents[1]
 MIXED_SCALES = torch.tensor([1.0, 1e8, -1e8, 3e-3, 7.0, 1e4, -2.5])  # a different order rounds differently
@@ -294,6 +294,24 @@ def test_workers_leave_the_callers_thread_setting_alone(count):
         thread.start()
         thread.join()
         assert later == [2], "threads started afterwards get the caller's setting as before"
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_threads_to_workers_hands_torchs_threads_to_the_workers():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with threads_to_workers():
+            assert torch.get_num_threads() == 1, "torch runs on one thread in the caller"
+            together = threading.Barrier(2)
+            names = []
+            # both blocks must be running at once to pass the barrier: two workers, not one
+            run_blocks([lambda: names.append((together.wait(10), threading.current_thread().name)[1])] * 2)
+            assert len(set(names)) == 2
+            with threads_to_workers():
+                assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2, "the caller's setting comes back"
     finally:
         torch.set_num_threads(threads)
 
