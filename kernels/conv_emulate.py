@@ -12,7 +12,9 @@ parallel on single-threaded workers (kernels.workers_emulate), and a finishing s
                         one batched matmul over both padded chunk by chunk, the partials
                         added in their order straight into the output; the
                         weight gradient by pieces of each chunk's (image, pixel) range, the
-                        pieces of a chunk added in piece order, then the chunks in theirs.
+                        pieces of a chunk added in piece order, then the chunks in theirs;
+                        or, where the chunk partials of the whole output would outweigh the
+                        operand many times, the whole operand in the GEMM's output tiles.
 
 The order inside a chunk is free (it is the tensor cores' on a GPU); here it is fixed by run
 and piece sizes that depend on the shapes alone, so no bit depends on the thread count, and

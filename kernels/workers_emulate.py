@@ -128,7 +128,8 @@ def threads_to_workers():
 
 
 def run_blocks(blocks: Sequence[Callable[[], None]]) -> None:
-    """Run every block once, on as many single-threaded workers as torch has threads here.
+    """Run every block once, on as many single-threaded workers as torch has threads here (or
+    had, before threads_to_workers handed them over), the calling thread being one of them.
 
     Blocks must write disjoint outputs; they are taken in list order by whichever worker is
     free. The first exception a block raises is raised here after all workers are done.
