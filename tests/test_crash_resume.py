@@ -138,7 +138,6 @@ def drive(work: Path, sequences: int, seed: int) -> dict:
     import io
 
     import matplotlib.pyplot as plt  # what a run loads on first use: load it once here
-    import sklearn.datasets  # noqa: F401
     import torch._dynamo  # noqa: F401
 
     figure = plt.figure()

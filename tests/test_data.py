@@ -101,6 +101,15 @@ def test_digits_offline_split():
     assert data.augment is None and "split with seed 0" in info.source
 
 
+def test_digits_are_scikit_learns_own_without_importing_it():
+    from nets.data.digits import digits_table
+
+    bunch = pytest.importorskip("sklearn.datasets").load_digits()
+    table = digits_table()
+    assert np.array_equal(table[:, :-1].reshape(-1, 8, 8), bunch.images)
+    assert np.array_equal(table[:, -1].astype(int), bunch.target)
+
+
 def test_synthetic_is_seeded_and_configurable():
     data = load_dataset("synthetic", train_size=64, test_size=32, channels=1, image_size=12, num_classes=4)
     assert data.train.images.shape == (64, 1, 12, 12) and data.test.images.shape == (32, 1, 12, 12)
