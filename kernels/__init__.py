@@ -12,6 +12,7 @@ first use of the "triton" or "interpret" backend.
     operands_emulate, workers_emulate   the emulate backend's operand matrices and CPU workers
     modules, patch             drop-in Conv2d / Linear, and patching a model with them
     dispatch, dispatch_roles, dispatch_report   policy_mode: every aten matmul and convolution
+    function_mode              function_policy_mode: F.conv2d, F.linear, the matmul family
     aot_variants, aot          compiling every kernel variant without a GPU
 """
 from . import geometry
@@ -19,6 +20,7 @@ from .backends import BACKENDS, default_device, resolve_backend
 from .calls import CallCounter, counting, current_counter, reset_calls
 from .conv import conv2d
 from .dispatch import policy_mode
+from .function_mode import function_policy_mode
 from .gemm import matmul
 from .modules import Conv2d, Linear, reducing_layers
 from .patch import patch
@@ -53,6 +55,7 @@ __all__ = [
     "counting",
     "current_counter",
     "default_device",
+    "function_policy_mode",
     "geometry",
     "matmul",
     "patch",

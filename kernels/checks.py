@@ -6,6 +6,8 @@ forward call, before any work, naming the role.
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import nn
 
@@ -107,3 +109,30 @@ def refuse_double_backward(op: str) -> None:
             f"{op}: double backward (create_graph=True) is not supported, as each backward GEMM "
             "follows the policy once; use backend='native' for higher-order gradients"
         )
+
+
+def called_by_kernels() -> bool:
+    """For a policy mode's handler: whether the op it was handed was called by code of this
+    package (the chunk products of a patched layer or of kernels.matmul are GEMMs too, and follow
+    their own policy already).
+
+    The caller is the first frame outside torch above the handler; an op run by torch's
+    autograd engine has the code that called backward() there.
+    """
+    frame = sys._getframe(2)
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module != "torch" and not module.startswith("torch."):
+            return module.partition(".")[0] == __package__
+        frame = frame.f_back
+    return False
+
+
+def operand_refusal(*operands) -> str | None:
+    """Why the kernels cannot take these operands (dtype, devices), or None if they can."""
+    dtypes = {t.dtype for t in operands}
+    if len(dtypes) != 1 or not dtypes <= set(FLOAT_INPUT_DTYPES):
+        return "dtype " + "/".join(sorted(str(d).replace("torch.", "") for d in dtypes))
+    if len({t.device for t in operands}) != 1:
+        return "operands on several devices"
+    return None

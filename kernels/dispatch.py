@@ -34,7 +34,6 @@ optimizer update), sparing its ops that Python round trip.
 """
 from __future__ import annotations
 
-import sys
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 
@@ -43,11 +42,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode, _pop_mode_temporarily
 
 from .backends import check_backend_name, resolve_backend
-from .checks import check_reduction_on_backend
+from .checks import called_by_kernels, check_reduction_on_backend, operand_refusal
 from .conv import role_backend
 from .dispatch_report import DispatchReport
+from .function_mode import FunctionPolicyMode
 from .dispatch_roles import backward_gemm_role
-from .formats import FLOAT_INPUT_DTYPES
 from .gemm import run_gemm
 from .reduction import as_policy
 
@@ -80,22 +79,6 @@ PLANS.update((id(op), (op, route)) for op, route in ROUTES.items())
 FALL_THROUGH = object()  # a route's answer when torch should run the op itself
 
 
-def _called_by_kernels() -> bool:
-    """True when the op was called by code of this package: the chunk products of a patched
-    layer or of kernels.matmul are aten GEMMs too, and follow their own policy already.
-
-    The caller is the first frame outside torch above the mode's handler; an op run by torch's
-    autograd engine has the code that called backward() there.
-    """
-    frame = sys._getframe(2)
-    while frame is not None:
-        module = frame.f_globals.get("__name__", "")
-        if module != "torch" and not module.startswith("torch."):
-            return module.partition(".")[0] == __package__
-        frame = frame.f_back
-    return False
-
-
 def _conv_refusal(x, w, stride, dilation, transposed, groups) -> str | None:
     """Why kernels.conv2d cannot run this aten convolution, or None if it can."""
     if x.dim() != 4:
@@ -110,17 +93,7 @@ def _conv_refusal(x, w, stride, dilation, transposed, groups) -> str | None:
         return f"even kernel {tuple(w.shape[2:])}"
     if x.shape[1] != w.shape[1]:
         return "channel mismatch"
-    return _operand_refusal(x, w)
-
-
-def _operand_refusal(*operands) -> str | None:
-    """Why the kernels cannot take these operands (dtype, devices), or None if they can."""
-    dtypes = {t.dtype for t in operands}
-    if len(dtypes) != 1 or not dtypes <= set(FLOAT_INPUT_DTYPES):
-        return "dtype " + "/".join(sorted(str(d).replace("torch.", "") for d in dtypes))
-    if len({t.device for t in operands}) != 1:
-        return "operands on several devices"
-    return None
+    return operand_refusal(x, w)
 
 
 class PolicyMode(TorchDispatchMode):
@@ -157,7 +130,7 @@ class PolicyMode(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         entry = PLANS.get(id(func))
-        if entry is None or _called_by_kernels():
+        if entry is None or called_by_kernels():
             return func(*args, **kwargs) if kwargs else func(*args)
         kwargs = kwargs or {}
         plan, node = entry[1], torch._C._current_autograd_node()
@@ -200,7 +173,7 @@ class PolicyMode(TorchDispatchMode):
                 self._native(func, node, "role unknown")
                 return FALL_THROUGH
             op, role, transposed = found
-        refusal = _operand_refusal(a, b)
+        refusal = operand_refusal(a, b)
         if refusal is None and (a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]):
             refusal = "shape mismatch"
         if refusal is not None:
@@ -274,13 +247,15 @@ def policy_mode(policy=None, *, backend: str = "auto") -> PolicyMode:
 
 @contextmanager
 def without_policy_mode():
-    """Run a block outside the policy mode that is the innermost dispatch mode, if one is.
+    """Run a block outside the policy mode that is the innermost dispatch mode, and outside the
+    function policy mode that is the innermost function mode, where they are.
 
     For code that runs no matmul or convolution, such as an optimizer's per-tensor update: the
-    mode would route nothing there, and each of its ops would still pay the mode's Python dispatch.
+    modes would route nothing there, and each of its ops would still pay a mode's Python call.
     """
-    if isinstance(_get_current_dispatch_mode(), PolicyMode):
-        with _pop_mode_temporarily():
-            yield
-    else:
+    with ExitStack() as lifted:
+        if isinstance(_get_current_dispatch_mode(), PolicyMode):
+            lifted.enter_context(_pop_mode_temporarily())
+        if isinstance(torch.overrides._get_current_function_mode(), FunctionPolicyMode):
+            lifted.enter_context(torch.overrides._pop_mode_temporarily())
         yield

@@ -51,8 +51,9 @@ def choice(values) -> click.Choice:
 @click.option("--native-deterministic", is_flag=True,
               help="With --reduction native: torch deterministic algorithms and deterministic cuDNN.")
 @click.option("--intercept", type=choice(INTERCEPTS),
-              help="How the policy reaches the net: patch (its Conv2d/Linear layers) or dispatch "
-                   "(kernels.policy_mode: every matmul and convolution, attention included).")
+              help="How the policy reaches the net: patch (its Conv2d/Linear layers), dispatch "
+                   "(kernels.policy_mode: every matmul and convolution, attention included) or function "
+                   "(kernels.function_policy_mode: F.conv2d, F.linear and the matmul family, at less cost).")
 @click.option("--allreduce", type=choice(ALLREDUCE_MODES),
               help="Gradient all-reduce under torchrun: native (the backend's), fixed (rank order), "
                    "splitk (seeded order; --noise-seed, --granularity).")

@@ -19,8 +19,9 @@ DATASETS = ("digits", "synthetic", "mnist", "cifar10")
 REDUCTIONS = (*MODES, "native")
 # --intercept: how the policy reaches the network: kernels.patch swaps its Conv2d/Linear layers;
 # dispatch runs every training step and evaluation under kernels.policy_mode (every aten matmul
-# and convolution, attention included)
-INTERCEPTS = ("patch", "dispatch")
+# and convolution, attention included); function under kernels.function_policy_mode (F.conv2d,
+# F.linear and the matmul family as Python calls them)
+INTERCEPTS = ("patch", "dispatch", "function")
 
 # Options a resumed run may change: how long it trains. Any other change would make the
 # resumed run a different run from the one its checkpoint belongs to.
@@ -248,7 +249,7 @@ def check_config(config: RunConfig) -> None:
         if config.accumulate != "fp32":
             raise ValueError("--accumulate applies to our kernels; --reduction native accumulates as torch does")
         if config.intercept != "patch":
-            raise ValueError("--intercept dispatch needs --reduction fixed, splitk or atomic "
+            raise ValueError(f"--intercept {config.intercept} needs --reduction fixed, splitk or atomic "
                              "(native runs torch's own kernels)")
     elif config.native_deterministic:
         raise ValueError("--native-deterministic applies to --reduction native only")

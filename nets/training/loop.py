@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kernels import CallCounter, counting, patch, policy_mode
+from kernels import CallCounter, counting, function_policy_mode, patch, policy_mode
 from nets.checks import out_of_memory
 from nets.data import BatchLoader, load_dataset
 
@@ -92,10 +92,11 @@ class Training:
         self.model = build_model(config, data.info.in_channels, data.info.image_size, data.info.num_classes)
         self.patched_layers = 0
         self.capped_splits = {}
-        # --intercept dispatch: training steps and evaluation run under the mode, the model unpatched
+        # --intercept dispatch or function: training steps and evaluation run under the mode, the model unpatched
         self.mode = None
-        if self.numerics.policy is not None and config.intercept == "dispatch":
-            self.mode = policy_mode(self.numerics.policy, backend=self.numerics.backend)
+        if self.numerics.policy is not None and config.intercept != "patch":
+            mode = policy_mode if config.intercept == "dispatch" else function_policy_mode
+            self.mode = mode(self.numerics.policy, backend=self.numerics.backend)
         elif self.numerics.policy is not None:
             # the splits are capped over the smallest batch a rank trains (its weight gradients are the shortest)
             example = torch.zeros(smallest_shard, data.info.in_channels, *data.info.image_size)
@@ -337,7 +338,7 @@ class Training:
                               layers=[name for name, _ in symmetry.summarised_layers(self.model)],
                               stopped=self.stopped, checkpoint_step=self.checkpoint_step)
         if self.mode is not None:
-            summary["dispatch"] = self.mode.report.to_dict()
+            summary[self.config.intercept] = self.mode.report.to_dict()
             self.echo(self.mode.report.table())
         self.run_dir.write_json(SUMMARY, summary)
         if self.world.main:

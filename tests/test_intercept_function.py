@@ -1,0 +1,104 @@
+"""kernels.function_policy_mode and tools/run.py --intercept function: the same bits as patch,
+F.conv2d / F.linear / the matmul family routed, the rest counted, the backward without a mode."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernels import Reduction, counting, function_policy_mode, matmul
+from test_run_support import checkpoint, jsonl, state_differences, train, without_times
+
+
+@pytest.mark.parametrize("net", ["constnet", "leakynet"])
+def test_function_mode_trains_the_papers_networks_to_the_same_bits_as_patch(tmp_path, net):
+    for intercept in ("patch", "function"):
+        train(tmp_path / intercept, net=net, reduction="splitk", splits=5, steps=2, batch_size=64,
+              intercept=intercept)
+    patched, caught = checkpoint(tmp_path / "patch"), checkpoint(tmp_path / "function")
+    assert not state_differences(patched["model"], caught["model"])
+    assert patched["call_counter"] == caught["call_counter"]
+    assert without_times(jsonl(tmp_path / "patch" / "metrics.jsonl")) == \
+        without_times(jsonl(tmp_path / "function" / "metrics.jsonl"))
+    record = json.loads((tmp_path / "function" / "summary.json").read_text())["function"]
+    assert record["share"] == 1.0
+    assert {(row["op"], row["role"]) for row in record["rows"]} == {
+        (op, role) for op in ("conv2d", "linear") for role in ("forward", "input_grad", "weight_grad")}
+
+
+def _functional_net(x, w1, w2, w3):
+    """Functional calls and torch.bmm only: a conv, a batched product, a linear map."""
+    h = F.relu(F.conv2d(x, w1, padding=1))  # (N, 4, 6, 6)
+    rows = h.flatten(2)  # (N, 4, 36)
+    mixed = torch.bmm(rows, rows.transpose(1, 2)) / 36  # (N, 4, 4)
+    return F.linear(mixed.flatten(1) @ w2, w3)
+
+
+def _train(reduction, steps=3):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 3, 6, 6, generator=generator)
+    labels = torch.randint(0, 5, (8,), generator=generator)
+    weights = [torch.randn(shape, generator=generator).mul_(0.3).requires_grad_()
+               for shape in [(4, 3, 3, 3), (16, 12), (5, 12)]]
+    with counting(), function_policy_mode(reduction, backend="emulate") as mode:
+        for _ in range(steps):
+            loss = F.cross_entropy(_functional_net(x, *weights), labels)
+            grads = torch.autograd.grad(loss, weights)
+            with torch.no_grad():
+                for w, g in zip(weights, grads):
+                    w -= 0.1 * g
+    return [w.detach() for w in weights], mode.report
+
+
+def test_a_functional_model_trains_reproducibly_with_every_reduction_controlled():
+    fixed, report = _train(Reduction("fixed"))
+    again, _ = _train(Reduction("fixed"))
+    assert all(torch.equal(a, b) for a, b in zip(fixed, again))
+    seeded = [_train(Reduction("splitk", splits=4, seed=seed))[0] for seed in (1, 1, 2)]
+    assert all(torch.equal(a, b) for a, b in zip(seeded[0], seeded[1]))
+    assert not all(torch.equal(a, b) for a, b in zip(seeded[0], seeded[2]))
+    assert report.share == 1.0
+    ops = {(row["op"], row["role"]) for row in report.rows()}
+    assert {("conv2d", "weight_grad"), ("bmm", "forward"), ("bmm", "input_grad"), ("matmul", "forward"),
+            ("linear", "weight_grad")} <= ops
+    assert ("conv2d", "input_grad") not in ops  # the input needs no gradient
+
+
+def test_the_forward_matches_torch_within_float_rounding():
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 6, 6, generator=generator)
+    weights = [torch.randn(shape, generator=generator) for shape in [(4, 3, 3, 3), (16, 12), (5, 12)]]
+    with function_policy_mode(Reduction("splitk", splits=3), backend="emulate"):
+        ours = _functional_net(x, *weights)
+    assert torch.allclose(ours, _functional_net(x, *weights), rtol=1e-5, atol=1e-5)
+
+
+def test_what_it_cannot_run_falls_through_and_is_counted():
+    x, w = torch.randn(2, 4, 5, 5), torch.randn(4, 2, 3, 3)
+    with function_policy_mode(backend="emulate") as mode:
+        grouped = F.conv2d(x, w, groups=2)
+        scaled = torch.addmm(torch.zeros(3, 3), torch.ones(3, 2), torch.ones(2, 3), beta=0.5)
+        vector = torch.matmul(torch.ones(3), torch.ones(3, 2))
+    assert torch.equal(grouped, F.conv2d(x, w, groups=2)) and torch.equal(scaled, torch.full((3, 3), 2.0))
+    assert torch.equal(vector, torch.full((2,), 3.0))
+    reasons = {(row["op"], why) for row in mode.report.rows() for why in row["why_native"]}
+    assert reasons == {("conv2d", "groups=2"), ("addmm", "beta or alpha other than 1"), ("matmul", "1-D @ 2-D")}
+    assert mode.report.share == 0.0
+
+
+def test_the_kernels_own_calls_are_not_caught_again():
+    a, b = torch.randn(6, 40, requires_grad=True), torch.randn(40, 3, requires_grad=True)
+    with function_policy_mode(Reduction("splitk", splits=4), backend="emulate") as mode:
+        matmul(a, b, Reduction("fixed"), backend="emulate").sum().backward()
+    assert mode.report.total == 0
+
+
+def test_function_mode_needs_a_policy(tmp_path):
+    from test_run_support import TINY_ARGS, invoke
+
+    result = invoke([*TINY_ARGS, "--reduction", "native", "--intercept", "function", "--steps", "1",
+                     "--out", str(tmp_path / "run")])
+    assert result.exit_code != 0
+    assert "--intercept function needs --reduction fixed, splitk or atomic" in result.output
