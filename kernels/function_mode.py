@@ -12,15 +12,16 @@ and a model gets the same bits as under kernels.patch (F.linear is computed as k
 computes it). Routed: F.conv2d (2-D, groups 1, dilation 1, odd kernels, integer padding),
 F.linear, torch.mm, torch.matmul and `@` (2-D operands, or a stack of rows times a matrix, or
 two equal stacks of matrices), torch.bmm (one GEMM per batch entry), torch.addmm and
-torch.baddbmm with beta = alpha = 1. The rest falls through to torch, counted in `mode.report`
-with the reason where it is a reduction the mode knows.
+torch.baddbmm with beta = alpha = 1. The rest falls through to torch; the reductions it knows
+(what it cannot run of the above, and UNSEEN: einsum, attention, ...) are counted in
+`mode.report` with the reason.
 
 Its cost is one Python call per torch function or tensor method the block calls from Python (75
 in a ConstNet-10-1 training step; the kernels' own calls in a backward are not seen), against one
 per aten op of forward and backward for kernels.policy_mode (127 there). What it cannot see is
-what torch decomposes below Python (einsum, attention's math path, nn.MultiheadAttention's fused
-paths), which kernels.policy_mode routes. Splits above a role's reduction length are capped at
-it, call by call, and reported.
+what torch decomposes below Python (einsum, attention's math path) and the inside of
+F.multi_head_attention_forward (nn.MultiheadAttention), which kernels.policy_mode routes. Splits
+above a role's reduction length are capped at it, call by call, and reported.
 """
 from __future__ import annotations
 
@@ -54,11 +55,14 @@ class FunctionPolicyMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         route = ROUTES.get(func)
-        if route is None or called_by_kernels():
-            return func(*args, **kwargs)
-        name, handler = route
-        out = handler(self, name, *args, **kwargs)
-        return func(*args, **kwargs) if out is None else out
+        if route is not None and not called_by_kernels():
+            name, handler = route
+            out = handler(self, name, *args, **kwargs)
+            if out is not None:
+                return out
+        elif func in UNSEEN and not called_by_kernels():
+            self._refused(UNSEEN[func], "its GEMMs run out of this mode's sight (kernels.policy_mode routes them)")
+        return func(*args, **kwargs)
 
     def _fitted(self, name: str, lengths: dict, roles) -> object:
         """The policy with its splits capped at the roles' lengths (fitted once per lengths), counted."""
@@ -174,6 +178,23 @@ ROUTES = {
     torch.Tensor.bmm: ("bmm", FunctionPolicyMode._bmm),
     torch.addmm: ("addmm", FunctionPolicyMode._addmm),
     torch.baddbmm: ("baddbmm", FunctionPolicyMode._baddbmm),
+}
+
+# Reducing torch functions whose GEMMs this mode cannot route: they run below Python, or, for
+# multi_head_attention_forward, inside a function the mode is handed whole. Counted as native,
+# so that the report's share says what the policy missed.
+UNSEEN = {
+    torch.nn.functional.multi_head_attention_forward: "multi_head_attention_forward",
+    torch.einsum: "einsum",
+    torch.tensordot: "tensordot",
+    torch.nn.functional.scaled_dot_product_attention: "scaled_dot_product_attention",
+    torch.nn.functional.bilinear: "bilinear",
+    torch.addbmm: "addbmm",
+    torch.mv: "mv",
+    torch.dot: "dot",
+    torch.conv1d: "conv1d",
+    torch.conv3d: "conv3d",
+    torch.conv_transpose2d: "conv_transpose2d",
 }
 
 

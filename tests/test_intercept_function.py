@@ -81,11 +81,27 @@ def test_what_it_cannot_run_falls_through_and_is_counted():
         grouped = F.conv2d(x, w, groups=2)
         scaled = torch.addmm(torch.zeros(3, 3), torch.ones(3, 2), torch.ones(2, 3), beta=0.5)
         vector = torch.matmul(torch.ones(3), torch.ones(3, 2))
+        summed = torch.einsum("ij,jk->ik", torch.ones(2, 3), torch.ones(3, 2))
+        attended = F.scaled_dot_product_attention(*[torch.ones(1, 2, 4)] * 3)
     assert torch.equal(grouped, F.conv2d(x, w, groups=2)) and torch.equal(scaled, torch.full((3, 3), 2.0))
-    assert torch.equal(vector, torch.full((2,), 3.0))
+    assert torch.equal(vector, torch.full((2,), 3.0)) and torch.equal(summed, torch.full((2, 2), 3.0))
+    assert torch.equal(attended, torch.ones(1, 2, 4))
+    below = "its GEMMs run out of this mode's sight (kernels.policy_mode routes them)"
     reasons = {(row["op"], why) for row in mode.report.rows() for why in row["why_native"]}
-    assert reasons == {("conv2d", "groups=2"), ("addmm", "beta or alpha other than 1"), ("matmul", "1-D @ 2-D")}
+    assert reasons == {("conv2d", "groups=2"), ("addmm", "beta or alpha other than 1"), ("matmul", "1-D @ 2-D"),
+                       ("einsum", below), ("scaled_dot_product_attention", below)}
     assert mode.report.share == 0.0
+
+
+def test_attention_modules_are_counted_as_out_of_sight():
+    from nets import build
+
+    net = build("transformer", in_channels=1, num_classes=10, depth=1, width=16)
+    with function_policy_mode(backend="emulate") as mode:
+        net(torch.randn(4, 1, 8, 8)).sum().backward()
+    native = {row["op"]: row["native"] for row in mode.report.rows() if row["native"]}
+    assert native == {"multi_head_attention_forward": 1}
+    assert 0 < mode.report.share < 1
 
 
 def test_the_kernels_own_calls_are_not_caught_again():
