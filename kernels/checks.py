@@ -11,6 +11,7 @@ import sys
 import torch
 from torch import nn
 
+from .backends import check_backend_name
 from .formats import FLOAT_INPUT_DTYPES
 from .reduction import KERNEL_PRECISIONS, ROLES, Policy, Reduction, check_plain_int
 
@@ -136,3 +137,10 @@ def operand_refusal(*operands) -> str | None:
     if len({t.device for t in operands}) != 1:
         return "operands on several devices"
     return None
+
+
+def check_mode_backend(backend) -> str:
+    """backend itself if a policy mode can run on it: any but native."""
+    if check_backend_name(backend) == "native":
+        raise ValueError("backend='native' runs torch's own kernels: run the model without policy_mode")
+    return backend

@@ -41,8 +41,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode, _pop_mode_temporarily
 
-from .backends import check_backend_name, resolve_backend
-from .checks import called_by_kernels, check_reduction_on_backend, operand_refusal
+from .backends import resolve_backend
+from .checks import called_by_kernels, check_mode_backend, check_reduction_on_backend, operand_refusal
 from .conv import role_backend
 from .dispatch_report import DispatchReport
 from .function_mode import FunctionPolicyMode
@@ -101,10 +101,7 @@ class PolicyMode(TorchDispatchMode):
 
     def __init__(self, policy=None, backend: str = "auto"):
         super().__init__()
-        self.policy = as_policy(policy)
-        if check_backend_name(backend) == "native":
-            raise ValueError("backend='native' runs torch's own kernels: run the model without policy_mode")
-        self.backend = backend
+        self.policy, self.backend = as_policy(policy), check_mode_backend(backend)
         self.report = DispatchReport(self.policy.describe())
         self._stack = ExitStack()
 

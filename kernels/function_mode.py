@@ -30,8 +30,7 @@ import math
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .backends import check_backend_name
-from .checks import called_by_kernels, operand_refusal, roles_to_run
+from .checks import called_by_kernels, check_mode_backend, operand_refusal, roles_to_run
 from .conv import conv2d
 from .dispatch_report import DispatchReport
 from .gemm import matmul
@@ -45,10 +44,7 @@ class FunctionPolicyMode(TorchFunctionMode):
 
     def __init__(self, policy=None, backend: str = "auto"):
         super().__init__()
-        self.policy = as_policy(policy)
-        if check_backend_name(backend) == "native":
-            raise ValueError("backend='native' runs torch's own kernels: run the model without a policy mode")
-        self.backend = backend
+        self.policy, self.backend = as_policy(policy), check_mode_backend(backend)
         self.report = DispatchReport(self.policy.describe())
         self._fits: dict[tuple, tuple] = {}
 

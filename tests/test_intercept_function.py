@@ -1,31 +1,11 @@
-"""kernels.function_policy_mode and tools/run.py --intercept function: the same bits as patch,
-F.conv2d / F.linear / the matmul family routed, the rest counted, the backward without a mode."""
+"""kernels.function_policy_mode: F.conv2d / F.linear / the matmul family routed, the rest counted,
+the backward without a mode (its run under tools/run.py: tests/test_intercept_run.py)."""
 from __future__ import annotations
 
-import json
-
-import pytest
 import torch
 import torch.nn.functional as F
 
 from kernels import Reduction, counting, function_policy_mode, matmul
-from test_run_support import checkpoint, jsonl, state_differences, train, without_times
-
-
-@pytest.mark.parametrize("net", ["constnet", "leakynet"])
-def test_function_mode_trains_the_papers_networks_to_the_same_bits_as_patch(tmp_path, net):
-    for intercept in ("patch", "function"):
-        train(tmp_path / intercept, net=net, reduction="splitk", splits=5, steps=2, batch_size=64,
-              intercept=intercept)
-    patched, caught = checkpoint(tmp_path / "patch"), checkpoint(tmp_path / "function")
-    assert not state_differences(patched["model"], caught["model"])
-    assert patched["call_counter"] == caught["call_counter"]
-    assert without_times(jsonl(tmp_path / "patch" / "metrics.jsonl")) == \
-        without_times(jsonl(tmp_path / "function" / "metrics.jsonl"))
-    record = json.loads((tmp_path / "function" / "summary.json").read_text())["function"]
-    assert record["share"] == 1.0
-    assert {(row["op"], row["role"]) for row in record["rows"]} == {
-        (op, role) for op in ("conv2d", "linear") for role in ("forward", "input_grad", "weight_grad")}
 
 
 def _functional_net(x, w1, w2, w3):
@@ -109,12 +89,3 @@ def test_the_kernels_own_calls_are_not_caught_again():
     with function_policy_mode(Reduction("splitk", splits=4), backend="emulate") as mode:
         matmul(a, b, Reduction("fixed"), backend="emulate").sum().backward()
     assert mode.report.total == 0
-
-
-def test_function_mode_needs_a_policy(tmp_path):
-    from test_run_support import TINY_ARGS, invoke
-
-    result = invoke([*TINY_ARGS, "--reduction", "native", "--intercept", "function", "--steps", "1",
-                     "--out", str(tmp_path / "run")])
-    assert result.exit_code != 0
-    assert "--intercept function needs --reduction fixed, splitk or atomic" in result.output

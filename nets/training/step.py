@@ -21,7 +21,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
 
     `scaler` scales the loss (fp16 operands); `autocast` is a context factory for the forward.
     """
-    optimizer.zero_grad(set_to_none=True)
+    with without_policy_mode():  # no matmul or convolution
+        optimizer.zero_grad(set_to_none=True)
     loss, logits = forward_backward(model, images, labels, scaler, autocast)
     optimizer_step(optimizer, scaler)
     return loss, logits
@@ -41,7 +42,7 @@ def forward_backward(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
 def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None) -> None:
     """The optimizer's step on the gradients in .grad (unscaled and skipped on inf/NaN with a scaler).
 
-    SGD's update runs no matmul or convolution, so it runs outside a kernels.policy_mode around the step.
+    SGD's update runs no matmul or convolution, so it runs outside a policy mode around the step.
     """
     with without_policy_mode():
         if scaler is None:
