@@ -14,10 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from kernels.aot import SHARED_LIMITS
-from nets.gpucheck.parts import PART_NAMES, parse_test_line
-from nets.gpucheck.report import PartSink, markdown, read_rows
+from nets.gpucheck.parts import PART_NAMES, SYMMETRY_RUNS, PartContext, parse_test_line, symmetry_part
+from nets.gpucheck.report import PartSink, findings, markdown, read_rows
+from nets.gpucheck.workloads import TINY_PLAN
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "gpucheck.py"
@@ -60,7 +62,8 @@ def test_tiny_plan_runs_every_part_on_cpu(tmp_path):
     assert fixed and fixed[0]["distinct_bit_patterns"] == 1
     assert {row["run"] for row in parts["symmetry"]["rows"]} == {"atomic", "native", "fixed", "native deterministic"}
     assert (tmp_path / "fingerprint.json").exists()
-    assert "## conv:" in (tmp_path / "report.md").read_text()
+    text = (tmp_path / "report.md").read_text()
+    assert "## conv:" in text and "## findings\n\nnone: every part ok, every check held" in text
 
 
 def test_report_keeps_rows_of_a_killed_part(tmp_path):
@@ -74,6 +77,28 @@ def test_report_keeps_rows_of_a_killed_part(tmp_path):
                      "parts": [{"name": "gemm", "title": "t", "status": "timed out", "seconds": 1, "timeout_s": 1,
                                 "rows": rows, "log_tail": "killed"}]})
     assert "timed out" in text and "| a | inf |" in text
+
+
+def test_findings_list_what_needs_a_look():
+    rows = {"tests": [{"test": "t.py::a", "outcome": "PASSED"}, {"test": "t.py::b", "outcome": "FAILED"},
+                      {"test": "t.py::b", "outcome": "FAILED (detail)", "message": "ValueError: splits=8"}],
+            "determinism": [{"reduction": "fixed", "distinct_bit_patterns": 1, "ok": True},
+                            {"reduction": "splitk", "distinct_bit_patterns": 20, "ok": False}]}
+    parts = [{"name": name, "title": "t", "status": status, "seconds": 1, "timeout_s": 1, "rows": rows.get(name, [])}
+             for name, status in (("tests", "ok"), ("determinism", "ok"), ("gemm", "not run"), ("symmetry", "timed out"))]
+    assert findings({"run": {}, "parts": parts}) == [
+        "tests: t.py::b FAILED: ValueError: splits=8",
+        "determinism: reduction splitk, distinct_bit_patterns 20",
+        "symmetry: timed out",
+    ]
+
+
+def test_the_symmetry_part_leaves_out_runs_that_would_not_fit(tmp_path):
+    symmetry_part(PartSink(tmp_path, "symmetry"), PartContext(torch.device("cpu"), TINY_PLAN, tmp_path, 0.5))
+    rows = read_rows(tmp_path, "symmetry")
+    assert [row["run"] for row in rows] == list(SYMMETRY_RUNS)
+    assert isinstance(rows[0]["seconds"], float) and (tmp_path / "runs" / "native" / "summary.json").exists()
+    assert all(row["symmetry_broke_step"].startswith("not run: ") for row in rows[1:])
 
 
 def test_pytest_result_lines_are_parsed():

@@ -64,9 +64,29 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def findings(report: dict) -> list[str]:
+    """What needs a look: parts that ran and did not finish ok, failed tests (with pytest's message where
+    it gave one), rows whose `ok` is false."""
+    found = []
+    for part in report["parts"]:
+        name, rows = part["name"], part["rows"]
+        if part["status"] not in ("ok", "not run"):
+            found.append(f"{name}: {part['status']}")
+        messages = {row["test"]: row["message"] for row in rows if "message" in row}
+        for row in rows:
+            if row.get("ok") is False:
+                found.append(f"{name}: " + ", ".join(f"{key} {_cell(v)}" for key, v in row.items() if key != "ok"))
+            elif row.get("outcome") in ("FAILED", "ERROR"):
+                message = messages.get(row["test"])
+                found.append(f"{name}: {row['test']} {row['outcome']}" + (f": {message}" if message else ""))
+    return found
+
+
 def markdown(report: dict) -> str:
     lines = [f"# GPU check: {report.get('device', 'unknown device')}", ""]
     lines += [f"- {key}: {_cell(value)}" for key, value in report["run"].items()]
+    found = findings(report)
+    lines += ["", "## findings", ""] + ([f"- {item}" for item in found] or ["none: every part ok, every check held"])
     for part in report["parts"]:
         lines += ["", f"## {part['name']}: {part['title']}", "",
                   f"status **{part['status']}**, {part['seconds']} s of {part['timeout_s']} s allowed"]
