@@ -59,11 +59,15 @@ def forward_and_backward(op, first, second, grad, start, where="inside"):
     return (out.detach(), *grads), counter.next_call
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]  # on CUDA, every backward runs on torch's device thread
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("where", ["thread", "outside"])
 @pytest.mark.parametrize("name", PROBLEMS)
-def test_a_backward_with_no_counter_set_draws_from_the_forwards_counter(generator, name, where):
+def test_a_backward_with_no_counter_set_draws_from_the_forwards_counter(generator, name, where, device):
     make, op = PROBLEMS[name]
-    operands = make(generator)
+    operands = [t.to(device) for t in make(generator)]
     default_before = current_counter().next_call
     got, next_call = forward_and_backward(op, *operands, start=0, where=where)
     assert next_call == 3, "forward, input_grad and weight_grad each take a number from the forward's counter"
@@ -75,8 +79,9 @@ def test_a_backward_with_no_counter_set_draws_from_the_forwards_counter(generato
     assert not any(torch.equal(g, e) for g, e in zip(later[1:], inside[1:])), "call numbers had no effect"
 
 
-def test_the_dispatch_modes_backward_draws_from_its_forwards_counter(generator):
-    x, w, grad = conv_problem(generator)
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_dispatch_modes_backward_draws_from_its_forwards_counter(generator, device):
+    x, w, grad = (t.to(device) for t in conv_problem(generator))
 
     def run(start, backward_inside):
         xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
