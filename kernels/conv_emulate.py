@@ -182,11 +182,13 @@ def _input_grad(grad_out, w, input_size, stride, padding, reduction: Reduction, 
 
 
 def _weight_grad(x, grad_out, kernel_size, stride, padding, reduction: Reduction, out_dtype) -> _Role:
+    """The weight gradient's role: torch's conv per run of images where one chunk allows it, else
+    chunk products of the patch matrix per run of images (pieces), or, where the chunk partials
+    would outweigh the operand 4x or more, the GEMM's cache-sized output tiles over all of it."""
     key = next_key(reduction)
     batch, cin = x.shape[:2]
     cout, (kh, kw) = grad_out.shape[1], kernel_size
-    pixels, n = grad_out.shape[2] * grad_out.shape[3], cin * kh * kw
-    k = batch * pixels
+    n, k = cin * kh * kw, batch * grad_out.shape[2] * grad_out.shape[3]
     if k == 0 or 0 in (cout, n):
         return _done(torch.zeros(cout, cin, kh, kw, dtype=out_dtype, device=x.device))
     x = round_operand(x, reduction.precision).contiguous()
@@ -196,13 +198,24 @@ def _weight_grad(x, grad_out, kernel_size, stride, padding, reduction: Reduction
     if x.device.type != "cpu":
         cols = patch_matrix(x, kernel_size, stride, padding)
         return _done(gemm_emulate.gemm(grads, cols.t(), reduction, key, out_dtype).view(cout, cin, kh, kw))
+    order = BlockOrder(reduction.splits, gemm_emulate.call_key(reduction, key), reduction.granularity, n)
     if not conv and reduction.splits * cout >= 4 * k and 4 * n * k <= OPERAND_BYTES:
-        # chunk partials of the whole output would outweigh the operand many times: the whole
-        # operand at once instead, through the GEMM's cache-sized output tiles
         cols = patch_matrix(x, kernel_size, stride, padding).t().contiguous()
         out = torch.empty(cout, n, dtype=out_dtype)
-        order = BlockOrder(reduction.splits, gemm_emulate.call_key(reduction, key), reduction.granularity, n)
         return _Role(gemm_emulate.tile_blocks(grads, cols, reduction, order, out), lambda: out.view(cout, cin, kh, kw))
+    return _weight_grad_pieces(x, grad_out, grads, kernel_size, stride, padding, reduction, order, out_dtype)
+
+
+def _weight_grad_pieces(x, grad_out, grads, kernel_size, stride, padding, reduction: Reduction, order: BlockOrder,
+                        out_dtype) -> _Role:
+    """Runs of images, each a block computing its pieces of the chunks (torch's conv for the one
+    chunk, `grads` None; else products of the run's patch matrix); the pieces of each chunk are
+    then added in piece order and the chunks in `order`, in row blocks that fit in cache."""
+    conv = grads is None
+    batch, cin = x.shape[:2]
+    cout, (kh, kw) = grad_out.shape[1], kernel_size
+    pixels, n = grad_out.shape[2] * grad_out.shape[3], cin * kh * kw
+    k = batch * pixels
     bounds = chunk_bounds(k, reduction.splits)
     count = _run_count(cout * n * k, 0 if conv else 4 * (n + cout) * k, conv)
     count = min(count, max(2, PIECE_BYTES // (4 * cout * n)))  # pieces within bounded memory
@@ -225,7 +238,6 @@ def _weight_grad(x, grad_out, kernel_size, stride, padding, reduction: Reduction
 
     out = torch.empty(cout, n, dtype=out_dtype)
     acc_dtype = ACCUMULATE_DTYPES[reduction.accumulate]
-    order = BlockOrder(reduction.splits, gemm_emulate.call_key(reduction, key), reduction.granularity, n)
 
     def rows(r0, r1):  # the chunks of these rows from their pieces, added in piece order; then in order
         partials = products[:, r0:r1]
