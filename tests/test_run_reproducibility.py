@@ -61,6 +61,19 @@ def test_fixed_run_does_not_depend_on_the_noise_seed(tmp_path):
     assert not state_differences(checkpoint(tmp_path / "a")["model"], checkpoint(tmp_path / "b")["model"])
 
 
+@pytest.mark.gpu
+def test_a_splitk_run_on_the_gpu_repeats_and_resumes_bit_for_bit(tmp_path):
+    """On CUDA, torch runs the backward on a device thread of its own: its roles must still draw
+    the run's call numbers, or neither a repeat nor a resume gives the same weights."""
+    train(tmp_path / "whole", reduction="splitk", steps=3, device="cuda")
+    train(tmp_path / "parts", reduction="splitk", steps=2, device="cuda")
+    resume(tmp_path / "parts", steps=3)
+    expected, resumed = checkpoint(tmp_path / "whole"), checkpoint(tmp_path / "parts")
+    assert not state_differences(expected["model"], resumed["model"]), state_differences(expected["model"],
+                                                                                          resumed["model"])
+    assert expected["call_counter"] == resumed["call_counter"]
+
+
 @pytest.mark.parametrize("reduction", ["fixed", "splitk"])
 def test_stopped_and_resumed_run_equals_uninterrupted(tmp_path, reduction):
     # Stop mid-epoch (step 4 of 6) and continue across an epoch end, to step 8.
