@@ -56,11 +56,14 @@ class DispatchReport:
 
     def table(self) -> str:
         """A text table of rows() and a closing line with the share."""
-        lines = [f"{'op':<24} {'role':<24} {'controlled':>10} {'native':>7}  why native / capped splits"]
-        for row in self.rows():
+        rows = self.rows()
+        width = max([24] + [len(row["op"]) for row in rows])
+        roles = max([11] + [len(row["role"]) for row in rows])
+        lines = [f"{'op':<{width}} {'role':<{roles}} {'controlled':>10} {'native':>7}  why native / capped splits"]
+        for row in rows:
             notes = [f"{why} x{n}" for why, n in row["why_native"].items()]
             notes += [f"splits {s} x{n}" for s, n in row["capped_splits"].items()]
-            lines.append(f"{row['op']:<24} {row['role']:<24} {row['controlled']:>10} {row['native']:>7}  "
+            lines.append(f"{row['op']:<{width}} {row['role']:<{roles}} {row['controlled']:>10} {row['native']:>7}  "
                          + "; ".join(notes))
         lines.append(f"policy ({self.policy}) controlled {sum(self.controlled.values())} of {self.total} "
                      f"reductions ({100 * self.share:.1f} %)")

@@ -1,5 +1,5 @@
-"""`kernels.function_policy_mode`: F.conv2d, F.linear and the matmul family under a policy,
-caught where Python calls them.
+"""`kernels.function_policy_mode`: F.conv2d, F.linear, the matmul family and attention under a
+policy, caught where Python calls them.
 
     with kernels.function_policy_mode(policy) as mode:   # a Reduction, a Policy or None
         loss_fn(model(x), y).backward()
@@ -12,16 +12,18 @@ and a model gets the same bits as under kernels.patch (F.linear is computed as k
 computes it). Routed: F.conv2d (2-D, groups 1, dilation 1, odd kernels, integer padding),
 F.linear, torch.mm, torch.matmul and `@` (2-D operands, or a stack of rows times a matrix, or
 two equal stacks of matrices), torch.bmm (one GEMM per batch entry), torch.addmm and
-torch.baddbmm with beta = alpha = 1. The rest falls through to torch; the reductions it knows
-(what it cannot run of the above, and UNSEEN: einsum, attention, ...) are counted in
+torch.baddbmm with beta = alpha = 1, and attention: F.scaled_dot_product_attention and
+F.multi_head_attention_forward (nn.MultiheadAttention) computed on their math path with every
+product routed (kernels.function_attention). The rest falls through to torch; the reductions it
+knows (what it cannot run of the above, and UNSEEN: einsum, tensordot, ...) are counted in
 `mode.report` with the reason.
 
 Its cost is one Python call per torch function or tensor method the block calls from Python (75
 in a ConstNet-10-1 training step; the kernels' own calls in a backward are not seen), against one
 per aten op of forward and backward for kernels.policy_mode (127 there). What it cannot see is
-what torch decomposes below Python (einsum, attention's math path) and the inside of
-F.multi_head_attention_forward (nn.MultiheadAttention), which kernels.policy_mode routes. Splits
-above a role's reduction length are capped at it, call by call, and reported.
+what torch decomposes below Python (einsum, tensordot, any C++ composite that runs a GEMM),
+which kernels.policy_mode routes. Splits above a role's reduction length are capped at it, call
+by call, and reported.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ import math
 import torch
 from torch.overrides import TorchFunctionMode
 
+from . import function_attention
 from .checks import called_by_kernels, check_mode_backend, operand_refusal, roles_to_run
 from .conv import conv2d
 from .dispatch_report import DispatchReport
@@ -88,11 +91,12 @@ class FunctionPolicyMode(TorchFunctionMode):
 
     # -- GEMMs ---------------------------------------------------------------------------------
     def _gemm(self, name, a, b):
-        """a (M, K) @ b (K, N) through kernels.matmul, or None (refused and counted)."""
+        """a (M, K) @ b (K, N), or that per entry of two equal stacks, through kernels.matmul; one
+        reduction per role in the report either way. None if refused (counted)."""
         reason = operand_refusal(a, b)
         if reason is not None:
             return self._refused(name, reason)
-        lengths = linear_reduction_lengths(a.shape[1], b.shape[1], a.shape[0])
+        lengths = linear_reduction_lengths(a.shape[-1], b.shape[-1], a.shape[-2])
         policy = self._fitted(name, lengths, roles_to_run(a.requires_grad, b.requires_grad))
         return matmul(a, b, policy, backend=self.backend)
 
@@ -122,10 +126,7 @@ class FunctionPolicyMode(TorchFunctionMode):
     def _bmm(self, name, a, b):
         if a.dim() != 3 or b.dim() != 3 or a.shape[0] != b.shape[0]:
             return self._refused(name, "shapes")
-        if a.shape[0] == 0:
-            return None
-        products = [self._gemm(name, a[i], b[i]) for i in range(a.shape[0])]
-        return None if products[0] is None else torch.stack(products)
+        return None if a.shape[0] == 0 else self._gemm(name, a, b)
 
     def _added(self, name, product, added, *m, beta=1, alpha=1):
         if beta != 1 or alpha != 1:
@@ -174,16 +175,17 @@ ROUTES = {
     torch.Tensor.bmm: ("bmm", FunctionPolicyMode._bmm),
     torch.addmm: ("addmm", FunctionPolicyMode._addmm),
     torch.baddbmm: ("baddbmm", FunctionPolicyMode._baddbmm),
+    torch.nn.functional.scaled_dot_product_attention: ("scaled_dot_product_attention",
+                                                       function_attention.scaled_dot_product_attention),
+    torch.nn.functional.multi_head_attention_forward: ("multi_head_attention_forward",
+                                                       function_attention.multi_head_attention_forward),
 }
 
-# Reducing torch functions whose GEMMs this mode cannot route: they run below Python, or, for
-# multi_head_attention_forward, inside a function the mode is handed whole. Counted as native,
-# so that the report's share says what the policy missed.
+# Reducing torch functions whose GEMMs this mode cannot route: they run below Python. Counted
+# as native, so that the report's share says what the policy missed.
 UNSEEN = {
-    torch.nn.functional.multi_head_attention_forward: "multi_head_attention_forward",
     torch.einsum: "einsum",
     torch.tensordot: "tensordot",
-    torch.nn.functional.scaled_dot_product_attention: "scaled_dot_product_attention",
     torch.nn.functional.bilinear: "bilinear",
     torch.addbmm: "addbmm",
     torch.mv: "mv",

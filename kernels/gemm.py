@@ -7,7 +7,8 @@ The three roles of a @ b are GEMMs of their own (K is each one's reduction lengt
     input_grad   grad @ b^T      b.shape[1]
     weight_grad  a^T @ grad      a.shape[0]
 
-`run_gemm` runs one of them on a resolved backend; kernels.conv_emulate uses it too.
+`run_gemm` runs one of them on a resolved backend; kernels.conv_emulate uses it too. Two equal
+stacks of matrices (B, M, K) @ (B, K, N) are B such GEMMs, each role one per entry.
 """
 from __future__ import annotations
 
@@ -31,6 +32,16 @@ def run_gemm(a, b, reduction: Reduction, backend: str, out_dtype: torch.dtype):
     return gemm_triton.gemm(a, b, reduction, key, out_dtype)
 
 
+def _per_entry(a, b, reduction: Reduction, backend: str, out_dtype: torch.dtype):
+    """run_gemm on two matrices, or on each entry of two equal stacks, in entry order."""
+    if a.dim() == 2:
+        return run_gemm(a, b, reduction, backend, out_dtype)
+    out = torch.empty(a.shape[0], a.shape[1], b.shape[2], dtype=out_dtype, device=a.device)
+    for i in range(a.shape[0]):
+        out[i] = run_gemm(a[i], b[i], reduction, backend, out_dtype)
+    return out
+
+
 class _Matmul(torch.autograd.Function):
     """Forward a @ b; backward grad @ b^T (input_grad role) and a^T @ grad (weight_grad role)."""
 
@@ -39,7 +50,7 @@ class _Matmul(torch.autograd.Function):
         ctx.save_for_backward(a, b)
         ctx.policy, ctx.backend = policy, backend
         ctx.counter = current_counter()
-        return run_gemm(a, b, policy.forward, backend, torch.promote_types(a.dtype, b.dtype))
+        return _per_entry(a, b, policy.forward, backend, torch.promote_types(a.dtype, b.dtype))
 
     @staticmethod
     def backward(ctx, grad):
@@ -50,27 +61,29 @@ class _Matmul(torch.autograd.Function):
         # no function mode sees the roles' own calls (kernels.function_mode)
         with counting(backward_counter(ctx.counter)), torch._C.DisableTorchFunction():
             if ctx.needs_input_grad[0]:
-                grad_a = run_gemm(grad, b.t(), policy.input_grad, backend, a.dtype)
+                grad_a = _per_entry(grad, b.mT, policy.input_grad, backend, a.dtype)
             if ctx.needs_input_grad[1]:
-                grad_b = run_gemm(a.t(), grad, policy.weight_grad, backend, b.dtype)
+                grad_b = _per_entry(a.mT, grad, policy.weight_grad, backend, b.dtype)
         return grad_a, grad_b, None, None
 
 
 def _check_operands(a, b) -> None:
     check_float_tensor("a", a)
     check_float_tensor("b", b)
-    if a.dim() != 2 or b.dim() != 2:
-        raise ValueError(f"matmul takes 2-D a (M, K) and b (K, N); got a {tuple(a.shape)} and b {tuple(b.shape)}")
-    if a.shape[1] != b.shape[0]:
+    if a.dim() != b.dim() or a.dim() not in (2, 3) or (a.dim() == 3 and a.shape[0] != b.shape[0]):
+        raise ValueError(f"matmul takes 2-D a (M, K) and b (K, N), or stacks (B, M, K) and (B, K, N); "
+                         f"got a {tuple(a.shape)} and b {tuple(b.shape)}")
+    if a.shape[-1] != b.shape[-2]:
         raise ValueError(
-            f"shape mismatch: a is {tuple(a.shape)} and b is {tuple(b.shape)}; a.shape[1] must equal b.shape[0]"
+            f"shape mismatch: a is {tuple(a.shape)} and b is {tuple(b.shape)}; a.shape[-1] must equal b.shape[-2]"
         )
     if a.device != b.device:
         raise ValueError(f"a is on {a.device} and b on {b.device}; both must be on the same device")
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor, reduction=None, *, backend: str = "auto") -> torch.Tensor:
-    """a (M, K) @ b (K, N) with an explicit reduction order and precision.
+    """a (M, K) @ b (K, N) with an explicit reduction order and precision; for stacks a (B, M, K)
+    and b (B, K, N), that GEMM per entry (every role of each entry under the same policy).
 
     `reduction` is a Reduction (used for the forward GEMM and both backward GEMMs), a Policy
     (forward: a @ b, input_grad: grad @ b^T, weight_grad: a^T @ grad) or None (fixed fp32).
@@ -84,6 +97,6 @@ def matmul(a: torch.Tensor, b: torch.Tensor, reduction=None, *, backend: str = "
     out_dtype = torch.promote_types(a.dtype, b.dtype)
     if resolved == "native":
         return torch.matmul(a.to(out_dtype), b.to(out_dtype))
-    lengths = linear_reduction_lengths(a.shape[1], b.shape[1], a.shape[0])
+    lengths = linear_reduction_lengths(a.shape[-1], b.shape[-1], a.shape[-2])
     check_policy(policy, resolved, lengths, roles_to_run(a.requires_grad, b.requires_grad))
     return _Matmul.apply(a, b, policy, resolved)

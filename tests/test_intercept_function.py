@@ -1,11 +1,12 @@
-"""kernels.function_policy_mode: F.conv2d / F.linear / the matmul family routed, the rest counted,
-the backward without a mode (its run under tools/run.py: tests/test_intercept_run.py)."""
+"""kernels.function_policy_mode: F.conv2d / F.linear / the matmul family and attention routed, the
+rest counted, the backward without a mode (its run under tools/run.py: tests/test_intercept_run.py)."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import Reduction, counting, function_policy_mode, matmul
+from kernels import ROLES, Reduction, counting, function_policy_mode, matmul
 
 
 def _functional_net(x, w1, w2, w3):
@@ -62,26 +63,77 @@ def test_what_it_cannot_run_falls_through_and_is_counted():
         scaled = torch.addmm(torch.zeros(3, 3), torch.ones(3, 2), torch.ones(2, 3), beta=0.5)
         vector = torch.matmul(torch.ones(3), torch.ones(3, 2))
         summed = torch.einsum("ij,jk->ik", torch.ones(2, 3), torch.ones(3, 2))
-        attended = F.scaled_dot_product_attention(*[torch.ones(1, 2, 4)] * 3)
+        grouped_query = F.scaled_dot_product_attention(*[torch.ones(1, 2, 2, 4)] * 3, enable_gqa=True)
     assert torch.equal(grouped, F.conv2d(x, w, groups=2)) and torch.equal(scaled, torch.full((3, 3), 2.0))
     assert torch.equal(vector, torch.full((2,), 3.0)) and torch.equal(summed, torch.full((2, 2), 3.0))
-    assert torch.equal(attended, torch.ones(1, 2, 4))
+    assert torch.equal(grouped_query, torch.ones(1, 2, 2, 4))
     below = "its GEMMs run out of this mode's sight (kernels.policy_mode routes them)"
     reasons = {(row["op"], why) for row in mode.report.rows() for why in row["why_native"]}
     assert reasons == {("conv2d", "groups=2"), ("addmm", "beta or alpha other than 1"), ("matmul", "1-D @ 2-D"),
-                       ("einsum", below), ("scaled_dot_product_attention", below)}
+                       ("einsum", below), ("scaled_dot_product_attention", "enable_gqa")}
     assert mode.report.share == 0.0
 
 
-def test_attention_modules_are_counted_as_out_of_sight():
+def test_a_transformer_has_every_reduction_routed_attention_included():
     from nets import build
 
+    torch.manual_seed(0)
     net = build("transformer", in_channels=1, num_classes=10, depth=1, width=16)
+    images = torch.randn(4, 1, 8, 8)
+    with function_policy_mode(Reduction("splitk", splits=2, seed=1), backend="emulate") as mode:
+        ours = net(images)
+        ours.sum().backward()
+    assert torch.allclose(ours, net(images), rtol=1e-5, atol=1e-6)
+    assert mode.report.share == 1.0
+    assert {(op, role) for op in ("linear", "multi_head_attention_forward") for role in ROLES} <= set(
+        mode.report.controlled)
+
+
+@pytest.mark.parametrize("need_weights", [True, False])
+@pytest.mark.parametrize("self_attention", [True, False], ids=["self", "cross"])
+def test_multi_head_attention_matches_torch(need_weights, self_attention):
+    torch.manual_seed(1)
+    attention = torch.nn.MultiheadAttention(8, 2, dropout=0.0, batch_first=True)
+    query = torch.randn(3, 5, 8, requires_grad=True)
+    source = query if self_attention else torch.randn(3, 6, 8)
+    expected = attention(query, source, source, need_weights=need_weights)
+    with function_policy_mode(Reduction("splitk", splits=2, seed=4), backend="emulate") as mode:
+        got = attention(query, source, source, need_weights=need_weights)
+    assert torch.allclose(got[0], expected[0], rtol=1e-5, atol=1e-6)
+    assert (got[1] is None) == (not need_weights)
+    if need_weights:
+        assert torch.allclose(got[1], expected[1], rtol=1e-5, atol=1e-6)
+    (ours,) = torch.autograd.grad(got[0].sum(), query)
+    (theirs,) = torch.autograd.grad(expected[0].sum(), query)
+    assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+    assert mode.report.share == 1.0
+
+
+@pytest.mark.parametrize("options", [{}, {"is_causal": True}, {"scale": 0.3}, {"dropout_p": 0.0},
+                                     {"attn_mask": "bool"}, {"attn_mask": "float"}],
+                         ids=["plain", "causal", "scale", "no-dropout", "bool-mask", "float-mask"])
+def test_scaled_dot_product_attention_matches_torch(options):
+    generator = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, 3, length, width, generator=generator) for length, width in ((5, 4), (7, 4), (7, 6)))
+    masks = {"bool": torch.rand(5, 7, generator=generator) > 0.3, "float": torch.randn(5, 7, generator=generator)}
+    options = {key: masks[value] if key == "attn_mask" else value for key, value in options.items()}
+    with function_policy_mode(Reduction("fixed", splits=2), backend="emulate") as mode:
+        got = F.scaled_dot_product_attention(q, k, v, **options)
+    assert torch.allclose(got, F.scaled_dot_product_attention(q, k, v, **options), rtol=1e-5, atol=1e-6)
+    assert mode.report.controlled[("scaled_dot_product_attention", "forward")] == 2  # the scores, the values
+
+
+def test_attention_it_does_not_cover_runs_natively_and_is_counted():
+    torch.manual_seed(3)
+    attention = torch.nn.MultiheadAttention(8, 2, add_bias_kv=True, batch_first=True)
+    x = torch.randn(2, 4, 8)
+    padding = torch.tensor([[False, False, False, True]] * 2)
     with function_policy_mode(backend="emulate") as mode:
-        net(torch.randn(4, 1, 8, 8)).sum().backward()
-    native = {row["op"]: row["native"] for row in mode.report.rows() if row["native"]}
-    assert native == {"multi_head_attention_forward": 1}
-    assert 0 < mode.report.share < 1
+        extra_keys = attention(x, x, x)[0]
+        padded = torch.nn.MultiheadAttention(8, 2, batch_first=True)(x, x, x, key_padding_mask=padding)[0]
+    assert torch.equal(extra_keys, attention(x, x, x)[0]) and padded.shape == (2, 4, 8)
+    reasons = {why for row in mode.report.rows() for why in row["why_native"]}
+    assert reasons == {"bias_k, bias_v, static keys or values, or add_zero_attn", "masks"}
 
 
 def test_the_kernels_own_calls_are_not_caught_again():

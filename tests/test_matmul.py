@@ -258,6 +258,28 @@ def test_gradients_follow_the_policy_and_match_float64(generator):
     assert torch.allclose(b.grad.double(), gb, rtol=0, atol=float(1e-5 * (a0.abs().t() @ grad.abs().double()).max()))
 
 
+def test_stacks_are_a_gemm_per_entry_in_every_role(generator):
+    """(B, M, K) @ (B, K, N): each entry's forward and gradients equal that entry's own call, bit
+    for bit, when the call numbers are replayed entry by entry (forward, then each role's entries)."""
+    a = draw(generator, 3, 6, 40).requires_grad_()
+    b = draw(generator, 3, 40, 5).requires_grad_()
+    grad = draw(generator, 3, 6, 5)
+    noisy = Reduction("splitk", splits=4, seed=2)
+    with counting() as counter:
+        y = matmul(a, b, noisy)
+        ga, gb = torch.autograd.grad(y, (a, b), grad)
+    assert counter.next_call == 9
+    for i in range(3):
+        with counting(CallCounter(i)):
+            expected = matmul(a[i].detach(), b[i].detach(), noisy)
+        assert torch.equal(y[i], expected)
+        with counting(CallCounter(3 + i)):
+            assert torch.equal(ga[i], matmul(grad[i], b[i].detach().t(), noisy))
+        with counting(CallCounter(6 + i)):
+            assert torch.equal(gb[i], matmul(a[i].detach().t(), grad[i], noisy))
+    assert matmul(torch.ones(0, 2, 3), torch.ones(0, 3, 4)).shape == (0, 2, 4)
+
+
 def test_gradcheck_through_the_float64_reference_path(generator):
     r = Reduction("splitk", splits=3, precision="fp64", accumulate="fp64", granularity="call")
     a = torch.randn(4, 9, dtype=torch.float64, generator=generator, requires_grad=True)
@@ -298,8 +320,10 @@ def test_reduction_is_immutable_and_defaults_splits_by_mode():
 @pytest.mark.parametrize(
     "a,b,call,error,match",
     [
-        (torch.randn(3, 4), torch.randn(5, 2), {}, ValueError, r"a.shape\[1\] must equal b.shape\[0\]"),
+        (torch.randn(3, 4), torch.randn(5, 2), {}, ValueError, r"a.shape\[-1\] must equal b.shape\[-2\]"),
         (torch.randn(3), torch.randn(3, 2), {}, ValueError, "2-D"),
+        (torch.randn(2, 3, 4), torch.randn(3, 4, 2), {}, ValueError, r"stacks \(B, M, K\) and \(B, K, N\)"),
+        (torch.randn(2, 3, 4), torch.randn(4, 2), {}, ValueError, "stacks"),
         (torch.ones(3, 4, dtype=torch.int32), torch.randn(4, 2), {}, TypeError, "a has dtype int32"),
         (torch.randn(3, 4), torch.ones(4, 2, dtype=torch.int64), {}, TypeError, "b has dtype int64"),
         (torch.randn(3, 4), [[1.0]], {}, TypeError, "b must be a torch.Tensor"),

@@ -47,14 +47,14 @@ def test_patch_leaves_attention_to_torch_and_the_mode_takes_every_matmul(generat
     assert {("bmm", role) for role in kernels.ROLES} <= set(mode.report.controlled)
 
 
-def train(policy, steps=2):
-    """`steps` SGD steps of a small transformer under the mode; its final weights."""
+def train(policy, steps=2, mode=kernels.policy_mode):
+    """`steps` SGD steps of a small transformer under `mode`; its final weights."""
     torch.manual_seed(0)
     model = Transformer(depth=1, width=16)
     generator = torch.Generator().manual_seed(1)
     images, labels = torch.randn(6, 1, 8, 8, generator=generator), torch.randint(0, 10, (6,), generator=generator)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    with kernels.policy_mode(policy), kernels.counting():
+    with mode(policy), kernels.counting():
         for _ in range(steps):
             optimizer.zero_grad()
             F.cross_entropy(model(images), labels).backward()
@@ -62,13 +62,14 @@ def train(policy, steps=2):
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
-def test_training_under_the_mode_replays_fixed_and_seeded_orders():
-    fixed = train(kernels.Reduction("fixed", splits=2))
-    assert torch.equal(fixed, train(kernels.Reduction("fixed", splits=2)))
-    seeded = train(kernels.Reduction("splitk", splits=3, seed=5))
-    assert torch.equal(seeded, train(kernels.Reduction("splitk", splits=3, seed=5)))
-    assert not torch.equal(seeded, train(kernels.Reduction("splitk", splits=3, seed=6)))
-    assert torch.isfinite(train(kernels.Reduction("atomic", splits=3))).all()
+@pytest.mark.parametrize("mode", [kernels.policy_mode, kernels.function_policy_mode], ids=["dispatch", "function"])
+def test_training_under_the_mode_replays_fixed_and_seeded_orders(mode):
+    fixed = train(kernels.Reduction("fixed", splits=2), mode=mode)
+    assert torch.equal(fixed, train(kernels.Reduction("fixed", splits=2), mode=mode))
+    seeded = train(kernels.Reduction("splitk", splits=3, seed=5), mode=mode)
+    assert torch.equal(seeded, train(kernels.Reduction("splitk", splits=3, seed=5), mode=mode))
+    assert not torch.equal(seeded, train(kernels.Reduction("splitk", splits=3, seed=6), mode=mode))
+    assert torch.isfinite(train(kernels.Reduction("atomic", splits=3), mode=mode)).all()
 
 
 def test_run_options_build_the_transformer():
