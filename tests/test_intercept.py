@@ -224,12 +224,13 @@ def test_attention_runs_on_the_kernels_in_training_and_in_eval():
 FUNCTIONAL_RUN = """
 import hashlib, sys, torch, torch.nn.functional as F, kernels
 
-def run(mode, seed):
-    \"\"\"Three SGD steps of a model made of F.conv2d, torch.bmm and F.linear; a digest of its weights.\"\"\"
+def run(mode, seed, intercept):
+    \"\"\"Three SGD steps of a model made of F.conv2d, torch.bmm and F.linear under the mode named
+    `intercept`; a digest of its weights.\"\"\"
     torch.manual_seed(0)
     conv, fc = torch.randn(4, 1, 3, 3, requires_grad=True), torch.randn(10, 256, requires_grad=True)
     x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
-    with kernels.policy_mode(kernels.Reduction(mode, splits=4, seed=seed)), kernels.counting():
+    with getattr(kernels, intercept)(kernels.Reduction(mode, splits=4, seed=seed)), kernels.counting():
         for _ in range(3):
             h = F.relu(F.conv2d(x, conv, padding=1)).flatten(2)                  # (8, 4, 64)
             h = torch.bmm(torch.softmax(torch.bmm(h, h.transpose(1, 2)), -1), h)  # attention over channels
@@ -242,29 +243,31 @@ def run(mode, seed):
     return hashlib.sha256(weights.numpy().tobytes()).hexdigest()
 
 if __name__ == "__main__":
-    print(run(sys.argv[1], int(sys.argv[2])))
+    print(run(sys.argv[1], int(sys.argv[2]), sys.argv[3]))
 """
 
 
-def functional_run(mode: str, seed: int, *, in_process: bool) -> str:
+def functional_run(mode: str, seed: int, intercept: str, *, in_process: bool) -> str:
     """The digest of FUNCTIONAL_RUN, computed here or in a fresh Python process."""
     if in_process:
         namespace = {}
         exec(FUNCTIONAL_RUN, namespace)
-        return namespace["run"](mode, seed)
-    done = subprocess.run([sys.executable, "-c", FUNCTIONAL_RUN, mode, str(seed)], cwd=ROOT,
+        return namespace["run"](mode, seed, intercept)
+    done = subprocess.run([sys.executable, "-c", FUNCTIONAL_RUN, mode, str(seed), intercept], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
 
 @pytest.mark.slow
-def test_a_functional_model_trains_reproducibly_across_processes():
+@pytest.mark.parametrize("intercept", ["policy_mode", "function_policy_mode"])
+def test_a_functional_model_trains_reproducibly_across_processes(intercept):
     """fixed: the same bits in another process; splitk: the same bits per seed, other bits for another seed."""
-    assert functional_run("fixed", 0, in_process=True) == functional_run("fixed", 0, in_process=False)
-    seeded = functional_run("splitk", 3, in_process=True)
-    assert seeded == functional_run("splitk", 3, in_process=False)
-    assert seeded != functional_run("splitk", 4, in_process=True)
+    assert functional_run("fixed", 0, intercept, in_process=True) == functional_run("fixed", 0, intercept,
+                                                                                     in_process=False)
+    seeded = functional_run("splitk", 3, intercept, in_process=True)
+    assert seeded == functional_run("splitk", 3, intercept, in_process=False)
+    assert seeded != functional_run("splitk", 4, intercept, in_process=True)
 
 
 def test_bad_arguments_are_named():
