@@ -2,10 +2,11 @@
 
 Every splitk call takes the next number from the current `CallCounter`. The process has one
 default counter; `counting()` installs another for a block of code (a context variable, so it
-is per thread/task). Where no counter is set, a backward role draws from the counter its forward
-drew from (`backward_counter`): torch runs a CUDA graph's backward on a device thread of its own,
-where the context variables of the thread that called backward() are unset, and the backward
-must take the same numbers there as on the CPU. A training run saves `counter.state_dict()` with its checkpoint and
+is per thread/task). A backward role draws from the counter its forward drew from, whichever
+thread runs it and inside whichever block: torch runs a CUDA graph's backward on a device thread
+of its own, where the context variables of the thread that called backward() are unset, and the
+backward must take the same numbers there as on the CPU (kernels.conv, kernels.matmul and the
+dispatch mode hold on to the forward's counter). A training run saves `counter.state_dict()` with its checkpoint and
 restores it on resume, which replays the exact same orders.
 """
 from __future__ import annotations
@@ -68,14 +69,6 @@ def counting(counter: CallCounter | None = None):
         yield counter
     finally:
         _CURRENT.reset(token)
-
-
-def backward_counter(forward_counter: CallCounter) -> CallCounter:
-    """The counter a backward role draws from: the one `counting()` set on this thread, or where
-    none is set (a CUDA backward's device thread, or a backward called outside the forward's
-    block), the one its forward drew from."""
-    counter = _CURRENT.get(None)
-    return forward_counter if counter is None else counter
 
 
 def next_key(reduction) -> int:

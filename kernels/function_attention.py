@@ -40,18 +40,21 @@ def _attention_refusal(query, key, value, attn_mask, is_causal, enable_gqa) -> s
         return "shapes (broadcast batch dimensions)"
     if is_causal and attn_mask is not None:
         return "is_causal with a mask"
+    if attn_mask is not None and attn_mask.dtype not in (torch.bool, query.dtype):
+        return f"a {attn_mask.dtype} mask on {query.dtype} inputs"
     return operand_refusal(query, key, value)
 
 
 def scaled_dot_product_attention(mode, name, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                                  scale=None, enable_gqa=False):
-    """softmax(q @ k^T * scale + mask) @ v, with dropout on the weights; None if refused (counted)."""
+    """softmax(q @ k^T * scale + mask) @ v, with dropout on the weights; a row with nothing to
+    attend to gives zeros, as torch's math path does. None if refused (counted)."""
     reason = _attention_refusal(query, key, value, attn_mask, is_causal, enable_gqa)
     if reason is not None:
         return mode._refused(name, reason)
     lead, length, sources = query.shape[:-2], query.shape[-2], key.shape[-2]
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
-    stacked = [t.reshape(-1, *t.shape[-2:]) for t in (query, key, value)]
+    stacked = [t.reshape(math.prod(lead), *t.shape[-2:]) for t in (query, key, value)]
     scores = (_product(mode, name, stacked[0], stacked[1].transpose(1, 2)) * scale).view(*lead, length, sources)
     if is_causal:
         attn_mask = torch.ones(length, sources, dtype=torch.bool, device=query.device).tril()
@@ -59,17 +62,25 @@ def scaled_dot_product_attention(mode, name, query, key, value, attn_mask=None, 
         scores = scores.masked_fill(~attn_mask, float("-inf"))
     elif attn_mask is not None:
         scores = scores + attn_mask
-    weights = torch.softmax(scores, dim=-1)
+    weights = _softmax_or_zeros(scores) if attn_mask is not None else torch.softmax(scores, dim=-1)
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p)
-    out = _product(mode, name, weights.reshape(-1, length, sources), stacked[2])
+    out = _product(mode, name, weights.reshape(math.prod(lead), length, sources), stacked[2])
     return out.view(*lead, length, value.shape[-1])
 
 
-def _multi_head_refusal(query, key, value, num_heads, bias_k, bias_v, add_zero_attn, key_padding_mask, attn_mask,
-                        static_k, static_v, is_causal) -> str | None:
+def _softmax_or_zeros(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension, zeros (and zero gradients) where every score is -inf."""
+    empty = torch.isneginf(scores).all(dim=-1, keepdim=True)
+    return torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
+
+
+def _multi_head_refusal(query, key, value, embed_dim, num_heads, bias_k, bias_v, add_zero_attn, key_padding_mask,
+                        attn_mask, static_k, static_v, is_causal) -> str | None:
     if query.dim() != 3:
         return "unbatched input"
+    if query.shape[-1] != embed_dim:
+        return f"embed_dim {query.shape[-1]} against embed_dim_to_check {embed_dim}"
     if any(t is not None for t in (bias_k, bias_v, static_k, static_v)) or add_zero_attn:
         return "bias_k, bias_v, static keys or values, or add_zero_attn"
     if key_padding_mask is not None or attn_mask is not None or is_causal:
@@ -97,8 +108,8 @@ def multi_head_attention_forward(mode, name, query, key, value, embed_dim_to_che
                                  average_attn_weights=True, is_causal=False):
     """F.multi_head_attention_forward on (L, N, E) inputs without masks or extra keys; None if
     refused (counted)."""
-    reason = _multi_head_refusal(query, key, value, num_heads, bias_k, bias_v, add_zero_attn, key_padding_mask,
-                                 attn_mask, static_k, static_v, is_causal)
+    reason = _multi_head_refusal(query, key, value, embed_dim_to_check, num_heads, bias_k, bias_v, add_zero_attn,
+                                 key_padding_mask, attn_mask, static_k, static_v, is_causal)
     if reason is not None:
         return mode._refused(name, reason)
     length, batch, width = query.shape

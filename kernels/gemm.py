@@ -16,7 +16,7 @@ import torch
 
 from . import gemm_emulate
 from .backends import resolve_backend
-from .calls import backward_counter, counting, current_counter, next_key
+from .calls import counting, current_counter, next_key
 from .checks import check_float_tensor, check_policy, refuse_double_backward, roles_to_run
 from .geometry import linear_reduction_lengths
 from .reduction import Policy, Reduction, as_policy
@@ -58,8 +58,8 @@ class _Matmul(torch.autograd.Function):
         a, b = ctx.saved_tensors
         policy, backend = ctx.policy, ctx.backend
         grad_a = grad_b = None
-        # no function mode sees the roles' own calls (kernels.function_mode)
-        with counting(backward_counter(ctx.counter)), torch._C.DisableTorchFunction():
+        # the forward's counter (kernels.calls); no function mode sees the roles' own calls
+        with counting(ctx.counter), torch._C.DisableTorchFunction():
             if ctx.needs_input_grad[0]:
                 grad_a = _per_entry(grad, b.mT, policy.input_grad, backend, a.dtype)
             if ctx.needs_input_grad[1]:

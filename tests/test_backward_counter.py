@@ -1,8 +1,10 @@
-"""Where no counter is set, a backward draws its call numbers from the counter its forward drew
-from: torch runs a CUDA graph's backward on a device thread of its own, where the context variables
-of the thread that called backward() (kernels.counting) are unset. On CPU, a new Python thread is
-such a thread, and so is the calling thread outside the forward's counting block."""
+"""A backward draws its call numbers from the counter its forward drew from, on whichever thread
+and inside whichever counting block it runs: torch runs a CUDA graph's backward on a device thread
+of its own, where the context variables of the thread that called backward() (kernels.counting)
+are unset, and the numbers must be those the CPU draws. On CPU a new Python thread stands in for
+that thread; outside the forward's block and inside another block are checked too."""
 import threading
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -43,9 +45,9 @@ def in_a_thread(work):
 
 def forward_and_backward(op, first, second, grad, start, where="inside"):
     """Outputs and gradients, the backward run inside the forward's counting block, outside it,
-    or on a new thread; and the counter's next call number."""
+    inside another block, or on a new thread; and the forward counter's next call number."""
     first, second = first.clone().requires_grad_(), second.clone().requires_grad_()
-    counter = CallCounter(start)
+    counter, other = CallCounter(start), CallCounter(100)
 
     def backward():
         return torch.autograd.grad(out, (first, second), grad)
@@ -54,8 +56,12 @@ def forward_and_backward(op, first, second, grad, start, where="inside"):
         out = op(first, second)
         if where == "inside":
             grads = backward()
-    if where != "inside":
-        grads = in_a_thread(backward) if where == "thread" else backward()
+    if where == "thread":
+        grads = in_a_thread(backward)
+    elif where != "inside":
+        with counting(other) if where == "another block" else nullcontext():
+            grads = backward()
+    assert other.next_call == 100, "the backward drew from the counter around it, not its forward's"
     return (out.detach(), *grads), counter.next_call
 
 
@@ -63,9 +69,9 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]  # on CUDA, every
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("where", ["thread", "outside"])
+@pytest.mark.parametrize("where", ["thread", "outside", "another block"])
 @pytest.mark.parametrize("name", PROBLEMS)
-def test_a_backward_with_no_counter_set_draws_from_the_forwards_counter(generator, name, where, device):
+def test_a_backward_draws_from_its_forwards_counter(generator, name, where, device):
     make, op = PROBLEMS[name]
     operands = [t.to(device) for t in make(generator)]
     default_before = current_counter().next_call
@@ -83,21 +89,25 @@ def test_a_backward_with_no_counter_set_draws_from_the_forwards_counter(generato
 def test_the_dispatch_modes_backward_draws_from_its_forwards_counter(generator, device):
     x, w, grad = (t.to(device) for t in conv_problem(generator))
 
-    def run(start, backward_inside):
+    def run(start, where):
         xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
-        counter = CallCounter(start)
+        counter, other = CallCounter(start), CallCounter(100)
         with policy_mode(SPLITK):
             with counting(counter):
                 out = F.conv2d(xg, wg, padding=1)
-                if backward_inside:
-                    return (out.detach(), *torch.autograd.grad(out, (xg, wg), grad)), counter.next_call
-            return (out.detach(), *torch.autograd.grad(out, (xg, wg), grad)), counter.next_call
+                if where == "inside":
+                    grads = torch.autograd.grad(out, (xg, wg), grad)
+            if where != "inside":
+                with counting(other) if where == "another block" else nullcontext():
+                    grads = torch.autograd.grad(out, (xg, wg), grad)
+        assert (counter.next_call, other.next_call) == (start + 3, 100)
+        return out.detach(), *grads
 
     default_before = current_counter().next_call
-    outside, next_call = run(0, backward_inside=False)
-    assert next_call == 3 and current_counter().next_call == default_before
-    inside, _ = run(0, backward_inside=True)
-    for got, expected in zip(outside, inside):
-        assert torch.equal(got, expected)
-    later, _ = run(5, backward_inside=False)
+    inside = run(0, "inside")
+    for where in ("outside", "another block"):
+        for got, expected in zip(run(0, where), inside):
+            assert torch.equal(got, expected)
+    assert current_counter().next_call == default_before
+    later = run(5, "outside")
     assert not any(torch.equal(g, e) for g, e in zip(later[1:], inside[1:])), "call numbers had no effect"

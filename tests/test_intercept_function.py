@@ -2,6 +2,8 @@
 rest counted, the backward without a mode (its run under tools/run.py: tests/test_intercept_run.py)."""
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -121,6 +123,42 @@ def test_scaled_dot_product_attention_matches_torch(options):
         got = F.scaled_dot_product_attention(q, k, v, **options)
     assert torch.allclose(got, F.scaled_dot_product_attention(q, k, v, **options), rtol=1e-5, atol=1e-6)
     assert mode.report.controlled[("scaled_dot_product_attention", "forward")] == 2  # the scores, the values
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "additive"])
+def test_a_row_with_nothing_to_attend_to_gives_torchs_zeros(mask_kind):
+    generator = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 3, 4, 8, generator=generator) for _ in range(3))
+    mask = torch.ones(4, 4, dtype=torch.bool)
+    mask[1] = False
+    if mask_kind == "additive":
+        mask = torch.zeros(4, 4).masked_fill(~mask, float("-inf"))
+    results = []
+    for context in (function_policy_mode(backend="emulate"), nullcontext()):
+        query = q.clone().requires_grad_()
+        with context:
+            out = F.scaled_dot_product_attention(query, k, v, attn_mask=mask)
+        results.append((out, *torch.autograd.grad(out.sum(), query)))
+    for ours, torchs in zip(*results):
+        assert torch.isfinite(ours).all() and torch.allclose(ours, torchs, rtol=1e-5, atol=1e-6)
+    assert torch.equal(results[0][0][:, :, 1], torch.zeros(2, 3, 8))
+
+
+def test_empty_sequences_and_mixed_dtypes_are_torchs():
+    q = torch.randn(2, 3, 4, 8)
+    with function_policy_mode(backend="emulate") as mode:
+        no_sources = F.scaled_dot_product_attention(q, q[..., :0, :], q[..., :0, :])
+        half = F.scaled_dot_product_attention(q.half(), q.half(), q.half(), attn_mask=torch.zeros(4, 4))
+    assert torch.equal(no_sources, torch.zeros(2, 3, 4, 8)) and half.dtype == torch.float16
+    reasons = {why for row in mode.report.rows() for why in row["why_native"]}
+    assert reasons == {"a torch.float32 mask on torch.float16 inputs"}
+    attention = torch.nn.MultiheadAttention(8, 2)
+    x = torch.randn(4, 2, 8)
+    with function_policy_mode(backend="emulate") as mode, pytest.raises(AssertionError):
+        F.multi_head_attention_forward(x, x, x, 6, 2, attention.in_proj_weight, attention.in_proj_bias, None, None,
+                                       False, 0.0, attention.out_proj.weight, attention.out_proj.bias)
+    assert {why for row in mode.report.rows() for why in row["why_native"]} == {
+        "embed_dim 8 against embed_dim_to_check 6"}
 
 
 def test_attention_it_does_not_cover_runs_natively_and_is_counted():
