@@ -2,17 +2,20 @@
 
 Every splitk call takes the next number from the current `CallCounter`. The process has one
 default counter; `counting()` installs another for a block of code (a context variable, so it
-is per thread/task). A backward role draws from the counter its forward drew from, whichever
-thread runs it and inside whichever block: torch runs a CUDA graph's backward on a device thread
-of its own, where the context variables of the thread that called backward() are unset, and the
-backward must take the same numbers there as on the CPU (kernels.conv, kernels.matmul and the
-dispatch mode hold on to the forward's counter). A training run saves `counter.state_dict()` with its checkpoint and
-restores it on resume, which replays the exact same orders.
+is per thread/task), and a call draws from the innermost block around it. A backward pass
+draws from the block around its backward() call, as its roles run on that thread on the CPU;
+torch runs a CUDA graph's backward on a device thread of its own, where the caller's context
+variables are unset, so a backward role on a thread without a block draws from the innermost
+block open in the process (the caller's, when one thread drives the training). A training run
+saves `counter.state_dict()` with its checkpoint and restores it on resume, which replays the
+exact same orders.
 """
 from __future__ import annotations
 
 import contextvars
 from contextlib import contextmanager
+
+import torch
 
 from .checks import check_count
 from .order import call_key
@@ -48,11 +51,19 @@ class CallCounter:
 
 _DEFAULT = CallCounter()
 _CURRENT: contextvars.ContextVar[CallCounter] = contextvars.ContextVar("kernels_call_counter")
+_OPEN: list[CallCounter] = []  # the counters of the counting() blocks open in the process, innermost last
 
 
 def current_counter() -> CallCounter:
-    """The counter seeded calls draw from right now."""
-    return _CURRENT.get(_DEFAULT)
+    """The counter seeded calls draw from right now: the innermost counting() block's on this
+    thread; in a backward pass on a thread without one (torch's device thread), the innermost
+    block's open in the process; else the process's default counter."""
+    counter = _CURRENT.get(None)
+    if counter is not None:
+        return counter
+    if _OPEN and torch._C._current_autograd_node() is not None:
+        return _OPEN[-1]
+    return _DEFAULT
 
 
 def reset_calls(start: int = 0) -> None:
@@ -65,10 +76,12 @@ def counting(counter: CallCounter | None = None):
     """Use `counter` (a fresh one by default) for every seeded call inside the block."""
     counter = counter if counter is not None else CallCounter()
     token = _CURRENT.set(counter)
+    _OPEN.append(counter)
     try:
         yield counter
     finally:
         _CURRENT.reset(token)
+        del _OPEN[len(_OPEN) - 1 - _OPEN[::-1].index(counter)]  # this block's entry: blocks of threads interleave
 
 
 def next_key(reduction) -> int:

@@ -16,7 +16,7 @@ input position has the same K and its chunk boundaries do not depend on where it
 The bias is added after the forward reduction in the output dtype, and its gradient (a sum of
 the output gradient over N, H, W) is left to torch's autograd: neither follows the policy.
 Call numbers of seeded roles are taken in the order forward, then input_grad, then weight_grad
-of each backward pass, all from the counter current at the forward (kernels.calls).
+of each backward pass.
 """
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ import torch.nn.functional as F
 
 from . import conv_emulate
 from .backends import resolve_backend
-from .calls import counting, current_counter
 from .checks import check_float_tensor, check_policy, refuse_double_backward, roles_to_run
 from .geometry import conv_output_size, conv_reduction_lengths
 from .reduction import Policy, as_policy
@@ -47,7 +46,6 @@ class _Conv2d(torch.autograd.Function):
     def forward(ctx, x, w, policy: Policy, backend: str, stride, padding):
         ctx.save_for_backward(x, w)
         ctx.policy, ctx.backend, ctx.stride, ctx.padding = policy, backend, stride, padding
-        ctx.counter = current_counter()
         out_dtype = torch.promote_types(x.dtype, w.dtype)
         return role_backend(backend).forward(x, w, stride, padding, policy.forward, out_dtype)
 
@@ -55,8 +53,7 @@ class _Conv2d(torch.autograd.Function):
     def backward(ctx, grad_out):
         refuse_double_backward("kernels.conv2d")
         x, w = ctx.saved_tensors
-        # the forward's counter (kernels.calls); no function mode sees the roles' own calls
-        with counting(ctx.counter), torch._C.DisableTorchFunction():
+        with torch._C.DisableTorchFunction():  # function modes (kernels.function_mode) skip the roles' own calls
             grad_x, grad_w = role_backend(ctx.backend).gradients(
                 x, w, grad_out, ctx.stride, ctx.padding,
                 ctx.policy.input_grad if ctx.needs_input_grad[0] else None,

@@ -17,10 +17,8 @@ formulas run. Each one runs on a kernels backend under the Reduction of its role
 
 in the orientation kernels.matmul and kernels.conv2d use (kernels.dispatch_roles), so a model
 under the mode computes the GEMMs of the same model under kernels.patch, on the same operands,
-with call numbers taken in the order autograd runs them: a forward op from the current counter,
-a backward op from the counter of the latest forward op the mode routed, whichever thread runs
-it (torch's device thread for a CUDA backward; kernels.calls) and inside whichever block. A bmm
-is one GEMM per batch entry. Splits above a reduction's length are capped at it, call by call, and reported.
+with call numbers taken in the order autograd runs them. A bmm is one GEMM per batch entry.
+Splits above a reduction's length are capped at it, call by call, and reported.
 
 What falls through to torch, counted in `mode.report`: other GEMM-like ops (mv, dot, fused
 attention and RNN kernels, ...), out= variants, conv configurations kernels.conv2d cannot run
@@ -44,7 +42,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode, _pop_mode_temporarily
 
 from .backends import resolve_backend
-from .calls import counting, current_counter
 from .checks import called_by_kernels, check_mode_backend, check_reduction_on_backend, operand_refusal
 from .conv import role_backend
 from .dispatch_report import DispatchReport
@@ -109,7 +106,6 @@ class PolicyMode(TorchDispatchMode):
         self._stack = ExitStack()
 
     def __enter__(self):
-        self._forward_counter = current_counter()
         # Attention decomposes into bmm only on its math path; the fused encoder fast path never does.
         self._stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
         fastpath = torch.backends.mha.get_fastpath_enabled()
@@ -140,12 +136,7 @@ class PolicyMode(TorchDispatchMode):
         elif node is not None and torch.is_grad_enabled():
             self._native(func, node, "double backward")
         else:
-            if node is None:
-                self._forward_counter = current_counter()
-                out = getattr(self, plan)(func, node, *args, **kwargs)
-            else:
-                with counting(self._forward_counter):
-                    out = getattr(self, plan)(func, node, *args, **kwargs)
+            out = getattr(self, plan)(func, node, *args, **kwargs)
             if out is not FALL_THROUGH:
                 return out
         return func(*args, **kwargs)

@@ -16,7 +16,7 @@ import torch
 
 from . import gemm_emulate
 from .backends import resolve_backend
-from .calls import counting, current_counter, next_key
+from .calls import next_key
 from .checks import check_float_tensor, check_policy, refuse_double_backward, roles_to_run
 from .geometry import linear_reduction_lengths
 from .reduction import Policy, Reduction, as_policy
@@ -49,7 +49,6 @@ class _Matmul(torch.autograd.Function):
     def forward(ctx, a, b, policy: Policy, backend: str):
         ctx.save_for_backward(a, b)
         ctx.policy, ctx.backend = policy, backend
-        ctx.counter = current_counter()
         return _per_entry(a, b, policy.forward, backend, torch.promote_types(a.dtype, b.dtype))
 
     @staticmethod
@@ -58,8 +57,7 @@ class _Matmul(torch.autograd.Function):
         a, b = ctx.saved_tensors
         policy, backend = ctx.policy, ctx.backend
         grad_a = grad_b = None
-        # the forward's counter (kernels.calls); no function mode sees the roles' own calls
-        with counting(ctx.counter), torch._C.DisableTorchFunction():
+        with torch._C.DisableTorchFunction():  # function modes (kernels.function_mode) skip the roles' own calls
             if ctx.needs_input_grad[0]:
                 grad_a = _per_entry(grad, b.mT, policy.input_grad, backend, a.dtype)
             if ctx.needs_input_grad[1]:

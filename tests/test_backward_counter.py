@@ -1,10 +1,8 @@
-"""A backward draws its call numbers from the counter its forward drew from, on whichever thread
-and inside whichever counting block it runs: torch runs a CUDA graph's backward on a device thread
-of its own, where the context variables of the thread that called backward() (kernels.counting)
-are unset, and the numbers must be those the CPU draws. On CPU a new Python thread stands in for
-that thread; outside the forward's block and inside another block are checked too."""
+"""A backward pass draws its call numbers from the counting() block around its backward() call,
+also where torch runs it on a device thread of its own (every CUDA backward), where the caller's
+context variables are unset. On CPU a new Python thread, inside the caller's block, stands in for
+that thread; on CUDA every backward is the real thing."""
 import threading
-from contextlib import nullcontext
 
 import pytest
 import torch
@@ -13,6 +11,7 @@ import torch.nn.functional as F
 from kernels import CallCounter, Reduction, conv2d, counting, current_counter, matmul, policy_mode
 
 SPLITK = Reduction("splitk", splits=4, seed=3, granularity="element", accumulate="bf16")
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
 def conv_problem(generator):
@@ -30,6 +29,7 @@ def matmul_problem(generator):
 PROBLEMS = {
     "conv2d": (conv_problem, lambda x, w: conv2d(x, w, padding=1, policy=SPLITK)),
     "matmul": (matmul_problem, lambda a, b: matmul(a, b, SPLITK)),
+    "policy_mode": (conv_problem, lambda x, w: F.conv2d(x, w, padding=1)),
 }
 
 
@@ -43,71 +43,47 @@ def in_a_thread(work):
     return result["value"]
 
 
-def forward_and_backward(op, first, second, grad, start, where="inside"):
-    """Outputs and gradients, the backward run inside the forward's counting block, outside it,
-    inside another block, or on a new thread; and the forward counter's next call number."""
-    first, second = first.clone().requires_grad_(), second.clone().requires_grad_()
-    counter, other = CallCounter(start), CallCounter(100)
+def forward_then_backward(name, operands, start, on_a_thread=False):
+    """The op's output under a counter from 0, then its gradients under a counter from `start`
+    (run on a new thread inside that block, or on this one); the two counters' next numbers."""
+    _, op = PROBLEMS[name]
+    first, second, grad = (t.clone() for t in operands)
+    first.requires_grad_()
+    second.requires_grad_()
+    forward_counter, backward_counter = CallCounter(0), CallCounter(start)
+    with policy_mode(SPLITK) if name == "policy_mode" else torch.enable_grad():
+        with counting(forward_counter):
+            out = op(first, second)
+        with counting(backward_counter):
+            def backward():
+                return torch.autograd.grad(out, (first, second), grad)
 
-    def backward():
-        return torch.autograd.grad(out, (first, second), grad)
-
-    with counting(counter):
-        out = op(first, second)
-        if where == "inside":
-            grads = backward()
-    if where == "thread":
-        grads = in_a_thread(backward)
-    elif where != "inside":
-        with counting(other) if where == "another block" else nullcontext():
-            grads = backward()
-    assert other.next_call == 100, "the backward drew from the counter around it, not its forward's"
-    return (out.detach(), *grads), counter.next_call
-
-
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]  # on CUDA, every backward runs on torch's device thread
+            grads = in_a_thread(backward) if on_a_thread else backward()
+    return (out.detach(), *grads), (forward_counter.next_call, backward_counter.next_call - start)
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("where", ["thread", "outside", "another block"])
 @pytest.mark.parametrize("name", PROBLEMS)
-def test_a_backward_draws_from_its_forwards_counter(generator, name, where, device):
-    make, op = PROBLEMS[name]
+def test_a_backward_draws_from_the_block_around_it(generator, name, device):
+    make, _ = PROBLEMS[name]
     operands = [t.to(device) for t in make(generator)]
     default_before = current_counter().next_call
-    got, next_call = forward_and_backward(op, *operands, start=0, where=where)
-    assert next_call == 3, "forward, input_grad and weight_grad each take a number from the forward's counter"
+    got, drawn = forward_then_backward(name, operands, start=0)
+    assert drawn == (1, 2), "forward from its block, input_grad and weight_grad from the backward's"
     assert current_counter().next_call == default_before, "the process's default counter was drawn from"
-    inside, _ = forward_and_backward(op, *operands, start=0)
-    for g, expected in zip(got, inside):
-        assert torch.equal(g, expected)
-    later, _ = forward_and_backward(op, *operands, start=5, where=where)
-    assert not any(torch.equal(g, e) for g, e in zip(later[1:], inside[1:])), "call numbers had no effect"
+    in_block, _ = forward_then_backward(name, operands, start=0)  # the same numbers: the same bits
+    assert all(torch.equal(g, e) for g, e in zip(got, in_block))
+    later, _ = forward_then_backward(name, operands, start=5)
+    assert torch.equal(later[0], got[0])
+    assert not any(torch.equal(g, e) for g, e in zip(later[1:], got[1:])), "call numbers had no effect"
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_the_dispatch_modes_backward_draws_from_its_forwards_counter(generator, device):
-    x, w, grad = (t.to(device) for t in conv_problem(generator))
-
-    def run(start, where):
-        xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
-        counter, other = CallCounter(start), CallCounter(100)
-        with policy_mode(SPLITK):
-            with counting(counter):
-                out = F.conv2d(xg, wg, padding=1)
-                if where == "inside":
-                    grads = torch.autograd.grad(out, (xg, wg), grad)
-            if where != "inside":
-                with counting(other) if where == "another block" else nullcontext():
-                    grads = torch.autograd.grad(out, (xg, wg), grad)
-        assert (counter.next_call, other.next_call) == (start + 3, 100)
-        return out.detach(), *grads
-
-    default_before = current_counter().next_call
-    inside = run(0, "inside")
-    for where in ("outside", "another block"):
-        for got, expected in zip(run(0, where), inside):
-            assert torch.equal(got, expected)
-    assert current_counter().next_call == default_before
-    later = run(5, "outside")
-    assert not any(torch.equal(g, e) for g, e in zip(later[1:], inside[1:])), "call numbers had no effect"
+@pytest.mark.parametrize("name", ["conv2d", "matmul"])
+def test_a_backward_on_a_thread_without_a_block_draws_from_the_callers(generator, name):
+    """The device thread's case: the roles run where no counting() block is set."""
+    make, _ = PROBLEMS[name]
+    operands = make(generator)
+    on_this_thread, _ = forward_then_backward(name, operands, start=7)
+    on_a_thread, drawn = forward_then_backward(name, operands, start=7, on_a_thread=True)
+    assert drawn == (1, 2)
+    assert all(torch.equal(g, e) for g, e in zip(on_a_thread, on_this_thread))
