@@ -6,7 +6,7 @@ logging interval exactly where the interrupted run left it.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 
 @dataclass
@@ -45,7 +45,11 @@ class RunState:
     symmetry: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain values for the checkpoint, written at once: the histories' records are listed, not
+        copied one by one, so a checkpoint does not cost more with every record the run adds."""
+        values = {item.name: getattr(self, item.name) for item in fields(self)}
+        return {**values, "interval": asdict(self.interval), "layer_broke_steps": dict(self.layer_broke_steps),
+                "metrics": list(self.metrics), "symmetry": list(self.symmetry)}
 
     @classmethod
     def from_dict(cls, values: dict) -> "RunState":
