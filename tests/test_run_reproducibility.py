@@ -62,6 +62,7 @@ def test_fixed_run_does_not_depend_on_the_noise_seed(tmp_path):
 
 
 @pytest.mark.gpu
+@pytest.mark.timeout(120)  # its first run compiles the tiny network's kernel variants
 def test_a_splitk_run_on_the_gpu_repeats_and_resumes_bit_for_bit(tmp_path):
     """On CUDA, torch runs the backward on a device thread of its own: its roles must still draw
     the run's call numbers, or neither a repeat nor a resume gives the same weights."""
