@@ -31,20 +31,21 @@ def gemm_part(sink, device: torch.device, plan: Plan) -> None:
     """4096^3 fixed per precision, and ConstNet's weight-gradient shapes under splitk and atomic."""
     generator = torch.Generator().manual_seed(0)
     torch_rows = {}
-    for case, (m, n, k), mode, precision in plan.gemm_rows():
-        dtype = INPUT_DTYPES[precision]
+    for case, (m, n, k), mode, precision, inputs in plan.gemm_rows():
+        dtype = INPUT_DTYPES[inputs]
         a, b = _draw(generator, m, k, dtype=dtype, device=device), _draw(generator, k, n, dtype=dtype, device=device)
         expected = a.double() @ b.double()
         reduction = plan.reduction(mode, precision)
         with kernels.counting(kernels.CallCounter()):
             ours = measure(lambda: kernels.matmul(a, b, reduction), expected, device)
         key = (case, precision)
-        if key not in torch_rows:
+        if key not in torch_rows:  # cuBLAS on operands already in the precision's own format
+            a_own, b_own = a.to(INPUT_DTYPES[precision]), b.to(INPUT_DTYPES[precision])
             with reference_numerics(tf32=precision == "tf32"):
-                torch_rows[key] = measure(lambda: torch.matmul(a, b), expected, device)
+                torch_rows[key] = measure(lambda: torch.matmul(a_own, b_own), expected, device)
         theirs = torch_rows[key]
         sink.add({"case": case, "M": m, "N": n, "K": k, "mode": mode, "splits": reduction.splits,
-                  "precision": precision, "ours_ms": ours["ms"], "cublas_ms": theirs["ms"],
+                  "precision": precision, "inputs": inputs, "ours_ms": ours["ms"], "cublas_ms": theirs["ms"],
                   "ours_tflops": round(2 * m * n * k / ours["ms"] / 1e9, 2),
                   "cublas_tflops": round(2 * m * n * k / theirs["ms"] / 1e9, 2),
                   "time_ratio": round(ours["ms"] / theirs["ms"], 3),

@@ -56,8 +56,8 @@ def part_variants(plan: Plan) -> dict[str, list]:
     from .bench import step_policies
     from .parts import SYMMETRY_RUNS
 
-    gemm = [v for _, (m, n, k), mode, precision in plan.gemm_rows()
-            for v in _gemm(m, n, k, INPUT_DTYPES[precision], plan.reduction(mode, precision))]
+    gemm = [v for _, (m, n, k), mode, precision, inputs in plan.gemm_rows()
+            for v in _gemm(m, n, k, INPUT_DTYPES[inputs], plan.reduction(mode, precision))]
     conv = [v for layer, dtype, role, mode in plan.conv_rows()
             for v in _conv(layer.shape, role, INPUT_DTYPES[dtype], plan.reduction(mode, dtype))]
     wgrad = next(layer for layer in plan.conv_layers() if layer.count > 1).shape

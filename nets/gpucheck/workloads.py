@@ -82,11 +82,14 @@ class Plan:
                 shapes[f"wgrad-{s.c_out}"] = (s.c_out, s.c_in * s.kernel**2, lengths["weight_grad"])
         return shapes
 
-    def gemm_rows(self) -> list[tuple[str, tuple[int, int, int], str, str]]:
-        """(case, (M, N, K), mode, precision): square fixed per precision, then the weight-gradient
-        shapes under splitk and atomic in fp32 and fp16."""
-        rows = [(f"square-{self.square}", (self.square,) * 3, "fixed", p) for p in GEMM_PRECISIONS]
-        rows += [(case, mnk, mode, precision) for case, mnk in self.weight_grad_gemms().items()
+    def gemm_rows(self) -> list[tuple[str, tuple[int, int, int], str, str, str]]:
+        """(case, (M, N, K), mode, precision, input format): square fixed per precision on inputs of
+        that format, and fp16 on fp32 inputs (the kernel converts them in registers: what that
+        costs against the fp16 row); then the weight-gradient shapes under splitk and atomic in
+        fp32 and fp16."""
+        square = f"square-{self.square}", (self.square,) * 3
+        rows = [(*square, "fixed", p, p) for p in GEMM_PRECISIONS] + [(*square, "fixed", "fp16", "fp32")]
+        rows += [(case, mnk, mode, precision, precision) for case, mnk in self.weight_grad_gemms().items()
                  for precision in ("fp32", "fp16") for mode in ("splitk", "atomic")]
         return rows
 
