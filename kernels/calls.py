@@ -13,6 +13,7 @@ exact same orders.
 from __future__ import annotations
 
 import contextvars
+import threading
 from contextlib import contextmanager
 
 import torch
@@ -52,6 +53,7 @@ class CallCounter:
 _DEFAULT = CallCounter()
 _CURRENT: contextvars.ContextVar[CallCounter] = contextvars.ContextVar("kernels_call_counter")
 _OPEN: list[CallCounter] = []  # the counters of the counting() blocks open in the process, innermost last
+_OPEN_LOCK = threading.Lock()  # threads open and close blocks in any order
 
 
 def current_counter() -> CallCounter:
@@ -61,8 +63,10 @@ def current_counter() -> CallCounter:
     counter = _CURRENT.get(None)
     if counter is not None:
         return counter
-    if _OPEN and torch._C._current_autograd_node() is not None:
-        return _OPEN[-1]
+    if torch._C._current_autograd_node() is not None:
+        with _OPEN_LOCK:
+            if _OPEN:
+                return _OPEN[-1]
     return _DEFAULT
 
 
@@ -76,12 +80,14 @@ def counting(counter: CallCounter | None = None):
     """Use `counter` (a fresh one by default) for every seeded call inside the block."""
     counter = counter if counter is not None else CallCounter()
     token = _CURRENT.set(counter)
-    _OPEN.append(counter)
+    with _OPEN_LOCK:
+        _OPEN.append(counter)
     try:
         yield counter
     finally:
         _CURRENT.reset(token)
-        del _OPEN[len(_OPEN) - 1 - _OPEN[::-1].index(counter)]  # this block's entry: blocks of threads interleave
+        with _OPEN_LOCK:  # this block's entry, the last of this counter's: other threads' blocks interleave
+            del _OPEN[len(_OPEN) - 1 - _OPEN[::-1].index(counter)]
 
 
 def next_key(reduction) -> int:

@@ -87,3 +87,25 @@ def test_a_backward_on_a_thread_without_a_block_draws_from_the_callers(generator
     on_a_thread, drawn = forward_then_backward(name, operands, start=7, on_a_thread=True)
     assert drawn == (1, 2)
     assert all(torch.equal(g, e) for g, e in zip(on_a_thread, on_this_thread))
+
+
+def test_blocks_that_threads_close_out_of_order_leave_the_innermost_open_one():
+    """A thread's block may close while a later block of another thread stays open."""
+    from kernels import calls
+
+    entered, release = threading.Event(), threading.Event()
+    theirs, mine = CallCounter(), CallCounter()
+
+    def other_thread():
+        with counting(theirs):
+            entered.set()
+            release.wait()
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    entered.wait()
+    with counting(mine):
+        release.set()
+        thread.join()
+        assert calls._OPEN[-1] is mine and theirs not in calls._OPEN
+    assert mine not in calls._OPEN
