@@ -139,6 +139,20 @@ def operand_refusal(*operands) -> str | None:
     return None
 
 
+def conv_refusal(x, w, dilation, groups, *others) -> str | None:
+    """For a policy mode: why kernels.conv2d cannot run a 2-D convolution of x (N, C, H, W) by w
+    with this dilation (pair) and groups, or None if it can (`others`: more operands, a bias)."""
+    if groups != 1:
+        return f"groups={groups}"
+    if any(d != 1 for d in dilation):
+        return f"dilation={tuple(dilation)}"
+    if any(k % 2 == 0 for k in w.shape[2:]):
+        return f"even kernel {tuple(w.shape[2:])}"
+    if x.shape[1] != w.shape[1]:
+        return "channel mismatch"
+    return operand_refusal(x, w, *others)
+
+
 def check_mode_backend(backend) -> str:
     """backend itself if a policy mode can run on it: any but native."""
     if check_backend_name(backend) == "native":

@@ -42,7 +42,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode, _pop_mode_temporarily
 
 from .backends import resolve_backend
-from .checks import called_by_kernels, check_mode_backend, check_reduction_on_backend, operand_refusal
+from .checks import (called_by_kernels, check_mode_backend, check_reduction_on_backend, conv_refusal,
+                     operand_refusal)
 from .conv import role_backend
 from .dispatch_report import DispatchReport
 from .function_mode import FunctionPolicyMode
@@ -85,15 +86,7 @@ def _conv_refusal(x, w, stride, dilation, transposed, groups) -> str | None:
         return f"{x.dim() - 2}-D convolution (kernels run 2-D)"
     if transposed:
         return "transposed convolution"
-    if groups != 1:
-        return f"groups={groups}"
-    if any(d != 1 for d in dilation):
-        return f"dilation={tuple(dilation)}"
-    if any(k % 2 == 0 for k in w.shape[2:]):
-        return f"even kernel {tuple(w.shape[2:])}"
-    if x.shape[1] != w.shape[1]:
-        return "channel mismatch"
-    return operand_refusal(x, w)
+    return conv_refusal(x, w, dilation, groups)
 
 
 class PolicyMode(TorchDispatchMode):
@@ -188,12 +181,7 @@ class PolicyMode(TorchDispatchMode):
         reduction = self._reduction(op, role, a.shape[-1])
         backend = self._backend(reduction, role, a.device)
         self.report.count(op, role)
-        if a.dim() == 2:
-            return run_gemm(a, b, reduction, backend, a.dtype)
-        out = a.new_empty(a.shape[0], a.shape[1], b.shape[2])
-        for i in range(a.shape[0]):
-            out[i] = run_gemm(a[i], b[i], reduction, backend, a.dtype)
-        return out
+        return run_gemm(a, b, reduction, backend, a.dtype)
 
     # -- convolutions ------------------------------------------------------------------------
     def _conv(self, func, node, x, w, bias, stride, padding, dilation, transposed, output_padding, groups):

@@ -33,7 +33,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from . import function_attention
-from .checks import called_by_kernels, check_mode_backend, operand_refusal, roles_to_run
+from .checks import called_by_kernels, check_mode_backend, conv_refusal, operand_refusal, roles_to_run
 from .conv import conv2d
 from .dispatch_report import DispatchReport
 from .gemm import matmul
@@ -151,15 +151,7 @@ def _conv_refusal(x, w, bias, padding, dilation, groups) -> str | None:
         return "not a batched 2-D convolution"
     if isinstance(padding, str):
         return f"padding={padding!r}"
-    if groups != 1:
-        return f"groups={groups}"
-    if any(d != 1 for d in _pair(dilation)):
-        return f"dilation={dilation}"
-    if any(k % 2 == 0 for k in w.shape[2:]):
-        return f"even kernel {tuple(w.shape[2:])}"
-    if x.shape[1] != w.shape[1]:
-        return "channel mismatch"
-    return operand_refusal(x, w, *([] if bias is None else [bias]))
+    return conv_refusal(x, w, _pair(dilation), groups, *([] if bias is None else [bias]))
 
 
 # torch function -> (the name the report uses, its handler)

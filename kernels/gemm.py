@@ -23,23 +23,19 @@ from .reduction import Policy, Reduction, as_policy
 
 
 def run_gemm(a, b, reduction: Reduction, backend: str, out_dtype: torch.dtype):
-    """a (M, K) @ b (K, N) under `reduction` on a resolved, checked backend; any strides."""
+    """a (M, K) @ b (K, N) under `reduction` on a resolved, checked backend, any strides; for
+    equal stacks (B, M, K) @ (B, K, N), that GEMM per entry in entry order."""
+    if a.dim() == 3:
+        out = torch.empty(a.shape[0], a.shape[1], b.shape[2], dtype=out_dtype, device=a.device)
+        for i in range(a.shape[0]):
+            out[i] = run_gemm(a[i], b[i], reduction, backend, out_dtype)
+        return out
     key = next_key(reduction)
     if backend == "emulate":
         return gemm_emulate.gemm(a, b, reduction, key, out_dtype)
     from . import gemm_triton
 
     return gemm_triton.gemm(a, b, reduction, key, out_dtype)
-
-
-def _per_entry(a, b, reduction: Reduction, backend: str, out_dtype: torch.dtype):
-    """run_gemm on two matrices, or on each entry of two equal stacks, in entry order."""
-    if a.dim() == 2:
-        return run_gemm(a, b, reduction, backend, out_dtype)
-    out = torch.empty(a.shape[0], a.shape[1], b.shape[2], dtype=out_dtype, device=a.device)
-    for i in range(a.shape[0]):
-        out[i] = run_gemm(a[i], b[i], reduction, backend, out_dtype)
-    return out
 
 
 class _Matmul(torch.autograd.Function):
@@ -49,7 +45,7 @@ class _Matmul(torch.autograd.Function):
     def forward(ctx, a, b, policy: Policy, backend: str):
         ctx.save_for_backward(a, b)
         ctx.policy, ctx.backend = policy, backend
-        return _per_entry(a, b, policy.forward, backend, torch.promote_types(a.dtype, b.dtype))
+        return run_gemm(a, b, policy.forward, backend, torch.promote_types(a.dtype, b.dtype))
 
     @staticmethod
     def backward(ctx, grad):
@@ -59,9 +55,9 @@ class _Matmul(torch.autograd.Function):
         grad_a = grad_b = None
         with torch._C.DisableTorchFunction():  # function modes (kernels.function_mode) skip the roles' own calls
             if ctx.needs_input_grad[0]:
-                grad_a = _per_entry(grad, b.mT, policy.input_grad, backend, a.dtype)
+                grad_a = run_gemm(grad, b.mT, policy.input_grad, backend, a.dtype)
             if ctx.needs_input_grad[1]:
-                grad_b = _per_entry(a.mT, grad, policy.weight_grad, backend, b.dtype)
+                grad_b = run_gemm(a.mT, grad, policy.weight_grad, backend, b.dtype)
         return grad_a, grad_b, None, None
 
 

@@ -20,7 +20,7 @@ REDUCTIONS = (*MODES, "native")
 # --intercept: how the policy reaches the network: kernels.patch swaps its Conv2d/Linear layers;
 # dispatch runs every training step and evaluation under kernels.policy_mode (every aten matmul
 # and convolution, attention included); function under kernels.function_policy_mode (F.conv2d,
-# F.linear and the matmul family as Python calls them)
+# F.linear, the matmul family and attention as Python calls them)
 INTERCEPTS = ("patch", "dispatch", "function")
 
 # Options a resumed run may change: how long it trains. Any other change would make the
