@@ -81,7 +81,9 @@ def _torch_conv_applies(reduction: Reduction, x: torch.Tensor, meets_zeros: torc
         return False
     if x.dtype != torch.float64 and not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
         return False
-    return all(map(math.isfinite, torch.aminmax(meets_zeros)))  # NaN propagates into both
+    # A finite sum has finite terms (one that overflows sends the role to the operands path, as
+    # exact); summed on the caller's one thread, so the path taken does not depend on the count.
+    return math.isfinite(meets_zeros.sum())
 
 
 def _runs(length: int, count: int) -> list[tuple[int, int]]:
@@ -97,19 +99,29 @@ def _run_count(total_products: int, total_bytes: int, conv: bool) -> int:
     return max(-(-total_products // GEMM_RUN_PRODUCTS), -(-total_bytes // CACHE_BYTES))
 
 
-def _whole(operand, conv, products: int, reduction: Reduction, out_dtype) -> _Role:
-    """The one chunk of a forward or input-gradient role: conv(images) on runs of images."""
-    runs = _runs(operand.shape[0], _run_count(products, 0, conv=True))
+def _whole(runs: list[tuple[int, int]], conv, reduction: Reduction, out_dtype, summed: bool = False) -> _Role:
+    """The one chunk of a role: conv(b0, b1) on each run of images [b0, b1), the runs' results
+    concatenated (forward, input gradient) or, `summed`, added in run order (weight gradient)."""
     results = [None] * len(runs)
 
     def block(i, b0, b1):
-        results[i] = conv(operand[b0:b1])
+        results[i] = conv(b0, b1)
 
     def finish():
-        y = results[0] if len(results) == 1 else torch.cat(results)
+        y = results[0]
+        if len(results) > 1 and summed:
+            for term in results[1:]:
+                y += term
+        elif len(results) > 1:
+            y = torch.cat(results)
         return y.to(ACCUMULATE_DTYPES[reduction.accumulate]).to(out_dtype)
 
     return _Role([lambda i=i, r=r: block(i, *r) for i, r in enumerate(runs)], finish)
+
+
+def _conv_runs(batch: int, products: int) -> list[tuple[int, int]]:
+    """The runs of images of a role whose one chunk is torch's convolution."""
+    return _runs(batch, _run_count(products, 0, conv=True))
 
 
 def _chunked(operand, weights, unfold, pixels, reduction: Reduction, key, out_dtype) -> _Role:
@@ -148,8 +160,8 @@ def _forward(x, w, stride, padding, reduction: Reduction, out_dtype) -> _Role:
         return _done(_channels_first(out, batch, size))
     pixels = size[0] * size[1]
     if _torch_conv_applies(reduction, x, w):
-        return _whole(x, lambda images: F.conv2d(images, w, None, stride, padding), batch * cout * k * pixels,
-                      reduction, out_dtype)
+        return _whole(_conv_runs(batch, batch * cout * k * pixels),
+                      lambda b0, b1: F.conv2d(x[b0:b1], w, None, stride, padding), reduction, out_dtype)
     role = _chunked(x, w.view(cout, k), lambda images, splits: patch_matrix(images, (kh, kw), stride, padding, splits),
                     pixels, reduction, key, out_dtype)
     return role._replace(finish=lambda: role.finish().view(batch, cout, *size))
@@ -164,17 +176,18 @@ def _input_grad(grad_out, w, input_size, stride, padding, reduction: Reduction, 
         return _done(torch.zeros(batch, cin, *input_size, dtype=out_dtype, device=grad_out.device))
     grad_out = round_operand(grad_out, reduction.precision).contiguous()
     w = round_operand(w, reduction.precision).contiguous()
+    pixels = input_size[0] * input_size[1]
+    if grad_out.device.type == "cpu" and _torch_conv_applies(reduction, grad_out, w):
+        # output_padding: the input rows and columns past the last output position's reach
+        extra = [size - ((n - 1) * s - 2 * p + kk) for size, n, s, p, kk in
+                 zip(input_size, grad_out.shape[2:], stride, padding, (kh, kw))]
+        return _whole(_conv_runs(batch, batch * cin * k * pixels),
+                      lambda b0, b1: F.conv_transpose2d(grad_out[b0:b1], w, None, stride, padding, extra),
+                      reduction, out_dtype)
     weights_t = w.transpose(0, 1).reshape(cin, k)
     if grad_out.device.type != "cpu":
         taps = output_grad_taps(grad_out, input_size, (kh, kw), stride, padding)
         return _done(_channels_first(gemm_emulate.gemm(weights_t, taps, reduction, key, out_dtype), batch, input_size))
-    pixels = input_size[0] * input_size[1]
-    if _torch_conv_applies(reduction, grad_out, w):
-        # output_padding: the input rows and columns past the last output position's reach
-        extra = [size - ((n - 1) * s - 2 * p + kk) for size, n, s, p, kk in
-                 zip(input_size, grad_out.shape[2:], stride, padding, (kh, kw))]
-        return _whole(grad_out, lambda images: F.conv_transpose2d(images, w, None, stride, padding, extra),
-                      batch * cin * k * pixels, reduction, out_dtype)
     role = _chunked(grad_out, weights_t,
                     lambda images, splits: output_grad_taps(images, input_size, (kh, kw), stride, padding, splits),
                     pixels, reduction, key, out_dtype)
@@ -193,32 +206,38 @@ def _weight_grad(x, grad_out, kernel_size, stride, padding, reduction: Reduction
         return _done(torch.zeros(cout, cin, kh, kw, dtype=out_dtype, device=x.device))
     x = round_operand(x, reduction.precision).contiguous()
     grad_out = round_operand(grad_out, reduction.precision).contiguous()
-    conv = x.device.type == "cpu" and _torch_conv_applies(reduction, x, grad_out)
-    grads = None if conv else grad_out.transpose(0, 1).reshape(cout, k)
+    if x.device.type == "cpu" and _torch_conv_applies(reduction, x, grad_out):
+        runs = _runs(batch, min(_run_count(cout * n * k, 0, conv=True), _results_fitting(cout * n)))
+        shape = (cout, cin, kh, kw)
+        return _whole(runs, lambda b0, b1: torch.nn.grad.conv2d_weight(x[b0:b1], shape, grad_out[b0:b1], stride,
+                                                                       padding), reduction, out_dtype, summed=True)
+    grads = grad_out.transpose(0, 1).reshape(cout, k)
     if x.device.type != "cpu":
         cols = patch_matrix(x, kernel_size, stride, padding)
         return _done(gemm_emulate.gemm(grads, cols.t(), reduction, key, out_dtype).view(cout, cin, kh, kw))
     order = BlockOrder(reduction.splits, gemm_emulate.call_key(reduction, key), reduction.granularity, n)
-    if not conv and reduction.splits * cout >= 4 * k and 4 * n * k <= OPERAND_BYTES:
+    if reduction.splits * cout >= 4 * k and 4 * n * k <= OPERAND_BYTES:
         cols = patch_matrix(x, kernel_size, stride, padding).t().contiguous()
         out = torch.empty(cout, n, dtype=out_dtype)
         return _Role(gemm_emulate.tile_blocks(grads, cols, reduction, order, out), lambda: out.view(cout, cin, kh, kw))
-    return _weight_grad_pieces(x, grad_out, grads, kernel_size, stride, padding, reduction, order, out_dtype)
+    return _weight_grad_pieces(x, grads, kernel_size, stride, padding, reduction, order, out_dtype)
 
 
-def _weight_grad_pieces(x, grad_out, grads, kernel_size, stride, padding, reduction: Reduction, order: BlockOrder,
+def _results_fitting(size: int) -> int:
+    """How many runs' results of `size` elements fit in the bounded memory of a role's pieces (at least 2)."""
+    return max(2, PIECE_BYTES // (4 * size))
+
+
+def _weight_grad_pieces(x, grads, kernel_size, stride, padding, reduction: Reduction, order: BlockOrder,
                         out_dtype) -> _Role:
-    """Runs of images, each a block computing its pieces of the chunks (torch's conv for the one
-    chunk, `grads` None; else products of the run's patch matrix); the pieces of each chunk are
-    then added in piece order and the chunks in `order`, in row blocks that fit in cache."""
-    conv = grads is None
+    """Runs of images, each a block computing its pieces of the chunks (products of the run's
+    patch matrix with `grads`, the (C_out, K) output gradient); the pieces of each chunk are then
+    added in piece order and the chunks in `order`, in row blocks that fit in cache."""
     batch, cin = x.shape[:2]
-    cout, (kh, kw) = grad_out.shape[1], kernel_size
-    pixels, n = grad_out.shape[2] * grad_out.shape[3], cin * kh * kw
-    k = batch * pixels
+    (cout, k), (kh, kw) = grads.shape, kernel_size
+    pixels, n = k // batch, cin * kh * kw
     bounds = chunk_bounds(k, reduction.splits)
-    count = _run_count(cout * n * k, 0 if conv else 4 * (n + cout) * k, conv)
-    count = min(count, max(2, PIECE_BYTES // (4 * cout * n)))  # pieces within bounded memory
+    count = min(_run_count(cout * n * k, 4 * (n + cout) * k, conv=False), _results_fitting(cout * n))
     runs = _runs(batch, count)
     starts = [b0 * pixels for b0, _ in runs]
     pieces = _pieces(bounds, starts[1:])  # (lo, hi, chunk): a chunk's pieces lie in one run each
@@ -226,14 +245,9 @@ def _weight_grad_pieces(x, grad_out, grads, kernel_size, stride, padding, reduct
     products = x.new_empty(len(pieces), cout, n)
 
     def block(r, b0, b1):
-        cols = None
+        cols = patch_matrix(x[b0:b1], kernel_size, stride, padding)
         for i in range(firsts[r], firsts[r + 1]):
             lo, hi, _ = pieces[i]
-            if conv:  # the one chunk: the run is one piece of whole images
-                dw = torch.nn.grad.conv2d_weight(x[b0:b1], (cout, cin, kh, kw), grad_out[b0:b1], stride, padding)
-                products[i] = dw.view(cout, n)
-                continue
-            cols = patch_matrix(x[b0:b1], kernel_size, stride, padding) if cols is None else cols
             torch.mm(grads[:, lo:hi], cols[:, lo - starts[r]: hi - starts[r]].t(), out=products[i])
 
     out = torch.empty(cout, n, dtype=out_dtype)
@@ -251,8 +265,6 @@ def _weight_grad_pieces(x, grad_out, grads, kernel_size, stride, padding, reduct
         reduce_block(partials.to(acc_dtype)[:, None], out[None, r0:r1], order, Placement((r0, 0, 1, 0), (0, 0, 0, 1)))
 
     def finish():  # in row blocks whose pieces fit in cache, of at least SUM_ELEMENTS elements each
-        if len(pieces) == 1:
-            return products[0].to(acc_dtype).to(out_dtype).view(cout, cin, kh, kw)
         count = min(-(-4 * len(pieces) * cout * n // CACHE_BYTES), -(-cout * n // SUM_ELEMENTS))
         run_blocks([lambda r=r: rows(*r) for r in _runs(cout, count)])
         return out.view(cout, cin, kh, kw)

@@ -24,7 +24,6 @@ import contextvars
 import os
 import queue
 import threading
-from contextlib import contextmanager
 from typing import Callable, Sequence
 
 import torch
@@ -79,52 +78,67 @@ def _pool() -> _Pool:
         return _POOL
 
 
-@contextmanager
-def _ieee_fp32():
+class _IeeeFp32:
     """torch's oneDNN matmul and convolution settings at IEEE fp32 for the block, then as they were."""
-    settings = [torch.backends.mkldnn.matmul, torch.backends.mkldnn.conv]
-    changed = [(setting, setting.fp32_precision) for setting in settings
-               if setting.fp32_precision not in ("none", "ieee")]
-    for setting, _ in changed:
-        setting.fp32_precision = "ieee"
-    try:
-        yield
-    finally:
-        for setting, precision in changed:
+
+    __slots__ = ("changed",)
+    SETTINGS = (torch.backends.mkldnn.matmul, torch.backends.mkldnn.conv)
+
+    def __enter__(self):
+        self.changed = [(setting, precision) for setting in self.SETTINGS
+                        if (precision := setting.fp32_precision) not in ("none", "ieee")]
+        for setting, _ in self.changed:
+            setting.fp32_precision = "ieee"
+
+    def __exit__(self, *exc):
+        for setting, precision in self.changed:
             setting.fp32_precision = precision
 
 
-@contextmanager
-def one_thread():
+class one_thread:  # noqa: N801 - used as a function-like context manager, as torch's no_grad
     """torch on one thread in the calling thread for the block, then as many as before: for
     results whose bits must not depend on the thread count."""
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+
+    __slots__ = ("threads",)
+
+    def __enter__(self):
+        self.threads = torch.get_num_threads()
+        if self.threads != 1:
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        if self.threads != 1:
+            torch.set_num_threads(self.threads)
 
 
-@contextmanager
-def threads_to_workers():
+class threads_to_workers:  # noqa: N801 - used as a function-like context manager, as torch's no_grad
     """For the block, torch's threads in the caller go to the workers: torch runs on one thread
     there and blocks of work on as many workers as it had threads (the same bits either way).
 
     On a few cores this is the faster split for emulated training: each of torch's parallel ops
     in the caller leaves OpenMP's threads spinning for a while, competing with the workers for
     the cores, while the ops between the emulated reductions of a small network gain little
-    from more threads.
+    from more threads. Inside a block already handed over (a training step's, around each op's)
+    it costs next to nothing.
     """
-    token = _WORKERS.set(_WORKERS.get() or torch.get_num_threads())
-    try:
-        with one_thread():
-            yield
-    finally:
-        _WORKERS.reset(token)
+
+    __slots__ = ("token", "threads")
+
+    def __enter__(self):
+        self.threads = torch.get_num_threads()
+        if self.threads == 1 and _WORKERS.get() is not None:  # handed over already
+            self.token = None
+            return
+        self.token = _WORKERS.set(_WORKERS.get() or self.threads)
+        if self.threads != 1:
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        if self.token is None:
+            return
+        if self.threads != 1:
+            torch.set_num_threads(self.threads)
+        _WORKERS.reset(self.token)
 
 
 def run_blocks(blocks: Sequence[Callable[[], None]]) -> None:
@@ -134,7 +148,7 @@ def run_blocks(blocks: Sequence[Callable[[], None]]) -> None:
     Blocks must write disjoint outputs; they are taken in list order by whichever worker is
     free. The first exception a block raises is raised here after all workers are done.
     """
-    with _ieee_fp32():
+    with _IeeeFp32():
         _run(blocks)
 
 
