@@ -82,27 +82,28 @@ def _permutation_table(key, splits):  # pragma: no cover - compiled
     return table
 
 
-@numba.njit(cache=True, inline="always")
-def _table_row(a, b, c, rows, cols, n_total, key, granularity):  # pragma: no cover - compiled
-    """Row of the permutation table that orders block element (a, b, c) (kernels.order)."""
-    m = np.int64(rows[0] + a * rows[1] + b * rows[2] + c * rows[3])
-    n = np.int64(cols[0] + a * cols[1] + b * cols[2] + c * cols[3])
-    if granularity == 1:
-        index = (m // ORDER_TILE) * ((n_total + ORDER_TILE - 1) // ORDER_TILE) + n // ORDER_TILE
-    else:
-        index = m * n_total + n
-    return _fmix32(np.uint32(index & MASK32) ^ key) % np.uint32(PERMUTATIONS)
-
-
 @numba.njit(cache=True, nogil=True)
 def _table_rows(shape, key, granularity, rows, cols, n_total):  # pragma: no cover - compiled
-    """The permutation-table row of every element of an (A, B, C) block: a pass of its own, which
-    the compiler vectorises, rather than a hash inside the additions' loop."""
+    """Row of the permutation table that orders each element (a, b, c) of an (A, B, C) block
+    (kernels.order), a pass of its own, which the compiler vectorises, rather than a hash inside
+    the additions' loop. Along c the element's order index (m * n_total + n, modulo 2**32) grows
+    by a fixed step, so the inner loop is one multiply-add and the hash."""
     table_rows = np.empty(shape, dtype=np.uint8)
+    tiles_n = (n_total + ORDER_TILE - 1) // ORDER_TILE
     for a in range(shape[0]):
         for b in range(shape[1]):
+            m0 = rows[0] + a * rows[1] + b * rows[2]
+            n0 = cols[0] + a * cols[1] + b * cols[2]
+            line = table_rows[a, b]
+            if granularity == 1:
+                for c in range(shape[2]):
+                    index = ((m0 + c * rows[3]) // ORDER_TILE) * tiles_n + (n0 + c * cols[3]) // ORDER_TILE
+                    line[c] = _fmix32(np.uint32(index & MASK32) ^ key) % np.uint32(PERMUTATIONS)
+                continue
+            base = np.uint32((m0 * n_total + n0) & MASK32)
+            step = np.uint32((rows[3] * n_total + cols[3]) & MASK32)
             for c in range(shape[2]):
-                table_rows[a, b, c] = _table_row(a, b, c, rows, cols, n_total, key, granularity)
+                line[c] = _fmix32(np.uint32(base + np.uint32(c) * step) ^ key) % np.uint32(PERMUTATIONS)
     return table_rows
 
 
