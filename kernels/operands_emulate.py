@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from .geometry import conv_output_size
 from .order import chunk_bounds
+from .order_cpu import index_dtype
 
 
 def output_size(input_size, kernel_size, stride, padding) -> tuple[int, int]:
@@ -105,10 +106,9 @@ def _gather_taps(planes, index, targets, out):  # pragma: no cover - compiled
 
 @functools.lru_cache(maxsize=64)
 def _cached_tap_index(kernel_size, batch: int, rows: _Axis, cols: _Axis) -> np.ndarray:
-    """_tap_index of a geometry (a layer's geometry recurs at every step), unsigned: the gather
-    then reads without the checks for negative indices (1.3-1.7x faster)."""
+    """_tap_index of a geometry (a layer's geometry recurs at every step), as unsigned indices."""
     index = _tap_index(*kernel_size, batch, rows, cols)
-    return index.astype(np.uint32 if batch * rows.source * cols.source < 2**32 else np.uint64)
+    return index.astype(index_dtype(1 + batch * rows.source * cols.source))
 
 
 @functools.lru_cache(maxsize=64)

@@ -9,11 +9,12 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import conv_emulate, gemm_emulate
+from kernels import conv_emulate, gemm_emulate, operands_emulate, order_cpu
 from kernels.calls import counting
 from kernels.order import call_key, chunk_order, order_index, permutation_table
 from kernels.order_cpu import COUNTING_SORT_MAX, BlockOrder, Placement, _permutation_table, reduce_block
@@ -194,6 +195,34 @@ def test_every_role_is_its_specified_gemm_bit_for_bit(generator, monkeypatch, co
     for call, role in enumerate(("forward", "input_grad", "weight_grad")):
         expected = spec_role(role, x, w, gy, stride, padding, reduction, call)
         assert torch.equal(bits(got[role]), bits(expected.contiguous())), f"{role}: {int((got[role] != expected).sum())} differ"
+
+
+@pytest.mark.parametrize("reduction", [Reduction("splitk", splits=4, seed=3),
+                                       Reduction("splitk", splits=3, seed=5, accumulate="bf16")], ids=lambda r: r.describe())
+def test_the_compiled_loops_give_the_same_bits_with_wide_indices(generator, monkeypatch, reduction):
+    """The gathers and ordered sums index with uint32 where the indices fit, else with uint64."""
+    x, w, gy = (torch.randn(shape, generator=generator) for shape in ((3, 5, 9, 9), (6, 5, 3, 3), (3, 6, 9, 9)))
+    narrow = emulated_roles(x, w, gy, 1, 1, reduction)
+    widths = set()
+
+    def spying(kernel, index_argument):
+        def spy(*args):
+            widths.add(args[index_argument].dtype)
+            return kernel(*args)
+        return spy
+
+    monkeypatch.setattr(order_cpu, "NARROW_INDEX_LIMIT", 0)
+    monkeypatch.setattr(operands_emulate, "_gather_taps", spying(operands_emulate._gather_taps, 1))
+    for name in ("_sum_block", "_gather_block"):
+        monkeypatch.setattr(order_cpu, name, spying(getattr(order_cpu, name), 1))
+    operands_emulate._cached_tap_index.cache_clear()
+    try:
+        wide = emulated_roles(x, w, gy, 1, 1, reduction)
+    finally:
+        operands_emulate._cached_tap_index.cache_clear()
+    assert widths == {np.dtype(np.uint64)}, widths
+    for role in narrow:
+        assert torch.equal(bits(wide[role]), bits(narrow[role])), role
 
 
 @pytest.mark.parametrize("poisoned", ["w", "gy"])
