@@ -55,11 +55,19 @@ class BlockOrder:
         self.per_element = key is not None and granularity != "call" and splits > 1
         if self.per_element:
             self.table = _permutation_table(key, splits)
+            self._starts: dict[int, np.ndarray] = {}
             self.sequence = list(range(splits))  # of the partials once gathered into their order
         elif key is None:
             self.sequence = list(range(splits))
         else:
             self.sequence = chunk_order(key, torch.zeros(1, dtype=torch.int64), splits).view(-1).tolist()
+
+    def starts(self, plane: int) -> np.ndarray:
+        """The table as offsets of planes of `plane` elements (the blocks of a call share a few sizes)."""
+        if plane not in self._starts:
+            offset = index_dtype(self.splits * plane)
+            self._starts[plane] = self.table.astype(offset) * offset(plane)
+        return self._starts[plane]
 
 
 @numba.njit(cache=True, inline="always")
@@ -181,10 +189,7 @@ def _compiled(kernel, partials: torch.Tensor, out: torch.Tensor, order: BlockOrd
     """Run `kernel` on contiguous `partials` (splits, A, B, C), with every element's table row."""
     table_rows = _table_rows(tuple(partials.shape[1:]), np.uint32(order.key), GRANULARITY_CODES[order.granularity],
                              np.array(place.rows, dtype=np.int64), np.array(place.cols, dtype=np.int64), order.n_total)
-    plane = partials[0].numel()
-    offset = index_dtype(order.splits * plane)
-    starts = order.table.astype(offset) * offset(plane)
-    kernel(partials.numpy().reshape(-1), starts, table_rows, out.numpy())
+    kernel(partials.numpy().reshape(-1), order.starts(partials[0].numel()), table_rows, out.numpy())
 
 
 def reduce_block(partials: torch.Tensor, out: torch.Tensor, order: BlockOrder, place: Placement) -> None:
