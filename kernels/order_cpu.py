@@ -136,10 +136,10 @@ def _sum_block(partials, starts, table_rows, out):  # pragma: no cover - compile
     for a in range(extent_a):
         for b in range(extent_b):
             for c in range(extent_c):
-                order = starts[table_rows[a, b, c]]
-                running = partials[order[0] + element]
+                offsets = starts[table_rows[a, b, c]]
+                running = partials[offsets[0] + element]
                 for position in range(1, splits):
-                    running += partials[order[position] + element]
+                    running += partials[offsets[position] + element]
                 out[a, b, c] = running
                 element += np.uint64(1)
 
@@ -154,9 +154,9 @@ def _gather_block(partials, starts, table_rows, out):  # pragma: no cover - comp
     for a in range(extent_a):
         for b in range(extent_b):
             for c in range(extent_c):
-                order = starts[table_rows[a, b, c]]
+                offsets = starts[table_rows[a, b, c]]
                 for position in range(splits):
-                    out[position, a, b, c] = partials[order[position] + element]
+                    out[position, a, b, c] = partials[offsets[position] + element]
                 element += np.uint64(1)
 
 

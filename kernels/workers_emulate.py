@@ -95,7 +95,7 @@ class _IeeeFp32:
             setting.fp32_precision = precision
 
 
-class one_thread:  # noqa: N801 - used as a function-like context manager, as torch's no_grad
+class one_thread:
     """torch on one thread in the calling thread for the block, then as many as before: for
     results whose bits must not depend on the thread count."""
 
@@ -111,7 +111,7 @@ class one_thread:  # noqa: N801 - used as a function-like context manager, as to
             torch.set_num_threads(self.threads)
 
 
-class threads_to_workers:  # noqa: N801 - used as a function-like context manager, as torch's no_grad
+class threads_to_workers:
     """For the block, torch's threads in the caller go to the workers: torch runs on one thread
     there and blocks of work on as many workers as it had threads (the same bits either way).
 

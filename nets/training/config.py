@@ -108,7 +108,7 @@ def _check_types(values: dict) -> None:
 
 PRESETS: dict[str, dict] = {
     # A zero-init ConstNet (depth 10, widen 1) on the bundled 8x8 digits, 30 epochs (690 steps),
-    # about 30 s on 2 CPU cores. Measured: splitk noise breaks every conv layer's symmetry by
+    # about 26 s on 2 CPU cores. Measured: splitk noise breaks every conv layer's symmetry by
     # step 422 (454, 429 with --noise-seed 1, 2) and reaches 95.8% test accuracy (93.3%, 95.8%);
     # --reduction fixed keeps every filter identical (C_f = 1) and ends at 32.2%.
     "quick": {},
