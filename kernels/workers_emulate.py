@@ -82,10 +82,10 @@ class _IeeeFp32:
     """torch's oneDNN matmul and convolution settings at IEEE fp32 for the block, then as they were."""
 
     __slots__ = ("changed",)
-    SETTINGS = (torch.backends.mkldnn.matmul, torch.backends.mkldnn.conv)
 
     def __enter__(self):
-        self.changed = [(setting, precision) for setting in self.SETTINGS
+        settings = (torch.backends.mkldnn.matmul, torch.backends.mkldnn.conv)
+        self.changed = [(setting, precision) for setting in settings
                         if (precision := setting.fp32_precision) not in ("none", "ieee")]
         for setting, _ in self.changed:
             setting.fp32_precision = "ieee"
