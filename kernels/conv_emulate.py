@@ -119,9 +119,10 @@ def _whole(runs: list[tuple[int, int]], conv, reduction: Reduction, out_dtype, s
     return _Role([lambda i=i, r=r: block(i, *r) for i, r in enumerate(runs)], finish)
 
 
-def _conv_runs(batch: int, products: int) -> list[tuple[int, int]]:
-    """The runs of images of a role whose one chunk is torch's convolution."""
-    return _runs(batch, _run_count(products, 0, conv=True))
+def _conv_runs(batch: int, products: int, most: int | None = None) -> list[tuple[int, int]]:
+    """The runs of images of a role whose one chunk is torch's convolution (at most `most`)."""
+    count = _run_count(products, 0, conv=True)
+    return _runs(batch, count if most is None else min(count, most))
 
 
 def _chunked(operand, weights, unfold, pixels, reduction: Reduction, key, out_dtype) -> _Role:
@@ -207,7 +208,7 @@ def _weight_grad(x, grad_out, kernel_size, stride, padding, reduction: Reduction
     x = round_operand(x, reduction.precision).contiguous()
     grad_out = round_operand(grad_out, reduction.precision).contiguous()
     if x.device.type == "cpu" and _torch_conv_applies(reduction, x, grad_out):
-        runs = _runs(batch, min(_run_count(cout * n * k, 0, conv=True), _results_fitting(cout * n)))
+        runs = _conv_runs(batch, cout * n * k, most=_results_fitting(cout * n))
         shape = (cout, cin, kh, kw)
         return _whole(runs, lambda b0, b1: torch.nn.grad.conv2d_weight(x[b0:b1], shape, grad_out[b0:b1], stride,
                                                                        padding), reduction, out_dtype, summed=True)
