@@ -39,7 +39,7 @@ from .calls import next_key
 from .formats import ACCUMULATE_DTYPES, round_operand
 from .operands_emulate import chunk_padded, output_grad_taps, output_size, patch_matrix
 from .order import chunk_bounds
-from .order_cpu import BlockOrder, Placement, reduce_block
+from .order_cpu import BlockOrder, Placement, batched_partials, partials_buffer, reduce_block
 from .reduction import Reduction
 from .workers_emulate import run_blocks, threads_to_workers
 
@@ -138,7 +138,8 @@ def _chunked(operand, weights, unfold, pixels, reduction: Reduction, key, out_dt
 
     def block(b0, b1):
         columns = unfold(operand[b0:b1], splits)
-        partials = torch.bmm(chunks, columns.view(splits, -1, columns.shape[1])).view(-1, channels, b1 - b0, pixels)
+        partials = batched_partials(chunks, columns.view(splits, -1, columns.shape[1]), within_block=True)
+        partials = partials.view(splits, channels, b1 - b0, pixels)
         reduce_block(partials.to(acc_dtype), out[b0:b1].transpose(0, 1), order,
                      Placement((0, 1, 0, 0), (b0 * pixels, 0, pixels, 1)))
 
@@ -243,7 +244,7 @@ def _weight_grad_pieces(x, grads, kernel_size, stride, padding, reduction: Reduc
     starts = [b0 * pixels for b0, _ in runs]
     pieces = _pieces(bounds, starts[1:])  # (lo, hi, chunk): a chunk's pieces lie in one run each
     firsts = [bisect.bisect_left(pieces, (start,)) for start in starts] + [len(pieces)]
-    products = x.new_empty(len(pieces), cout, n)
+    products = partials_buffer(len(pieces), (cout, n), x.dtype)
 
     def block(r, b0, b1):
         cols = patch_matrix(x[b0:b1], kernel_size, stride, padding)
@@ -257,7 +258,7 @@ def _weight_grad_pieces(x, grads, kernel_size, stride, padding, reduction: Reduc
     def rows(r0, r1):  # the chunks of these rows from their pieces, added in piece order; then in order
         partials = products[:, r0:r1]
         if len(pieces) > len(bounds):
-            partials = x.new_empty(len(bounds), r1 - r0, n)
+            partials = partials_buffer(len(bounds), (r1 - r0, n), x.dtype, within_block=True)
             for i, (_, _, s) in enumerate(pieces):
                 if i == 0 or pieces[i - 1][2] != s:
                     partials[s] = products[i, r0:r1]

@@ -23,7 +23,7 @@ import torch
 
 from .formats import ACCUMULATE_DTYPES, add_rounded, round_operand
 from .order import chunk_bounds, chunk_order, order_index
-from .order_cpu import BlockOrder, Placement, reduce_block
+from .order_cpu import BlockOrder, Placement, batched_partials, partials_buffer, reduce_block
 from .reduction import Reduction
 from .workers_emulate import run_blocks, threads_to_workers
 
@@ -91,12 +91,12 @@ def tile_blocks(a, b, reduction: Reduction, order: BlockOrder, out: torch.Tensor
         if direct:
             torch.mm(a[r0:r1], b[:, c0:c1], out=out[r0:r1, c0:c1])
             return
-        partials = torch.empty(len(bounds), r1 - r0, c1 - c0, dtype=a.dtype)
         if k % len(bounds) == 0:  # equal chunks: one batched matmul
             width = k // len(bounds)
-            torch.bmm(a[r0:r1].view(-1, len(bounds), width).transpose(0, 1), b[:, c0:c1].view(len(bounds), width, -1),
-                      out=partials)
+            partials = batched_partials(a[r0:r1].view(-1, len(bounds), width).transpose(0, 1),
+                                        b[:, c0:c1].view(len(bounds), width, -1), within_block=True)
         else:
+            partials = partials_buffer(len(bounds), (r1 - r0, c1 - c0), a.dtype, within_block=True)
             for s, (lo, hi) in enumerate(bounds):
                 torch.mm(a[r0:r1, lo:hi], b[lo:hi, c0:c1], out=partials[s])
         reduce_block(partials.to(acc_dtype)[:, None], out[None, r0:r1, c0:c1], order,

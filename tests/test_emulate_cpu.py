@@ -19,7 +19,8 @@ from kernels.calls import counting
 from kernels.order import call_key, chunk_order, order_index, permutation_table
 from kernels.order_cpu import COUNTING_SORT_MAX, BlockOrder, Placement, _permutation_table, reduce_block
 from kernels.reduction import Reduction
-from kernels.workers_emulate import INLINE_BLOCKS, run_blocks, threads_to_workers
+from kernels.workers_emulate import (INLINE_BLOCKS, SCRATCH_SHIFT_BYTES, run_blocks, scratch, scratch_bytes,
+                                     threads_to_workers)
 
 ROOT = Path(__file__).resolve().parents[1]
 MIXED_SCALES = torch.tensor([1.0, 1e8, -1e8, 3e-3, 7.0, 1e4, -2.5])  # a different order rounds differently
@@ -178,6 +179,21 @@ CONV_REDUCTIONS = REDUCTIONS + [Reduction("splitk", splits=4, granularity="eleme
 @pytest.mark.parametrize("reduction", CONV_REDUCTIONS, ids=lambda r: r.describe())
 @pytest.mark.parametrize("config", CONV_CONFIGS, ids=lambda c: "n{}-{}to{}-{}x{}-k{}s{}p{}".format(c[0], c[1], c[2], c[3], c[3], *c[4:]))
 def test_every_role_is_its_specified_gemm_bit_for_bit(generator, monkeypatch, config, reduction):
+    assert_roles_are_the_spec(generator, monkeypatch, config, reduction)
+
+
+@pytest.mark.parametrize("reduction", [Reduction("splitk", splits=7, seed=3),
+                                       Reduction("splitk", splits=4, granularity="element", accumulate="bf16", seed=8),
+                                       Reduction("fixed", splits=5)], ids=lambda r: r.describe())
+@pytest.mark.parametrize("config", CONV_CONFIGS[:3], ids=lambda c: "n{}-{}to{}-{}x{}-k{}s{}p{}".format(c[0], c[1], c[2], c[3], c[3], *c[4:]))
+def test_gapped_partials_in_scratch_memory_give_the_same_bits(generator, monkeypatch, config, reduction):
+    """Every partials buffer made wide: planes a gap apart, in each worker's scratch memory."""
+    monkeypatch.setattr(order_cpu, "GAP_SPLITS", 1)
+    monkeypatch.setattr(order_cpu, "GAP_PLANE", 1)
+    assert_roles_are_the_spec(generator, monkeypatch, config, reduction)
+
+
+def assert_roles_are_the_spec(generator, monkeypatch, config, reduction):
     """Integer-valued tensors (exact chunk partials), with tiny blocks so that every role is cut
     into several runs of images, the weight gradient's chunks into pieces and its sum into
     several row blocks; call numbers forward 0, input_grad 1, weight_grad 2."""
@@ -358,6 +374,34 @@ def test_an_error_in_a_block_is_raised_in_the_caller():
             run_blocks([lambda: done.append(0), fail, lambda: done.append(2)])
     finally:
         torch.set_num_threads(threads)
+
+
+def test_scratch_memory_is_each_threads_own_and_kept():
+    first = scratch(1000)
+    assert first.dtype == torch.uint8 and first.numel() == 1000
+    assert scratch(500).data_ptr() == first.data_ptr(), "a smaller request reuses the memory"
+    assert scratch_bytes() >= 1000
+    larger = scratch(1 << 20)
+    assert larger.numel() == 1 << 20 and scratch(10).data_ptr() == larger.data_ptr(), "a larger one replaces it"
+    assert (larger.data_ptr() - SCRATCH_SHIFT_BYTES) % 64 == 0, "it starts on a cache line"
+    other = []
+    thread = threading.Thread(target=lambda: other.append(scratch(1000).data_ptr()))
+    thread.start()
+    thread.join()
+    assert other[0] != larger.data_ptr(), "another thread has its own"
+
+
+def test_partials_buffers_are_gapped_only_when_wide():
+    narrow = order_cpu.partials_buffer(order_cpu.GAP_SPLITS, (64, order_cpu.GAP_PLANE), torch.float32, within_block=True)
+    assert narrow.is_contiguous()
+    wide = order_cpu.partials_buffer(order_cpu.GAP_SPLITS + 1, (64, order_cpu.GAP_PLANE), torch.float32)
+    assert wide.stride(0) == 64 * order_cpu.GAP_PLANE + order_cpu.PLANE_GAP_BYTES // 4 and wide[0].is_contiguous()
+    in_scratch = order_cpu.partials_buffer(order_cpu.GAP_SPLITS + 1, (4, order_cpu.GAP_PLANE), torch.float32,
+                                           within_block=True)
+    assert in_scratch.data_ptr() == scratch(4).data_ptr()
+    left, right = torch.randn(9, 3, 2), torch.randn(9, 2, order_cpu.GAP_PLANE)
+    products = order_cpu.batched_partials(left, right)
+    assert products.stride(0) > 3 * order_cpu.GAP_PLANE and torch.equal(products, torch.bmm(left, right))
 
 
 def _matmul_in_child(queue):
