@@ -244,7 +244,7 @@ def _weight_grad_pieces(x, grads, kernel_size, stride, padding, reduction: Reduc
     starts = [b0 * pixels for b0, _ in runs]
     pieces = _pieces(bounds, starts[1:])  # (lo, hi, chunk): a chunk's pieces lie in one run each
     firsts = [bisect.bisect_left(pieces, (start,)) for start in starts] + [len(pieces)]
-    products = partials_buffer(len(pieces), (cout, n), x.dtype)
+    products = x.new_empty(len(pieces), cout, n)
 
     def block(r, b0, b1):
         cols = patch_matrix(x[b0:b1], kernel_size, stride, padding)

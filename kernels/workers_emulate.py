@@ -211,3 +211,8 @@ def scratch_bytes() -> int:
     """The bytes of scratch memory this thread holds."""
     held = getattr(_SCRATCH, "buffer", None)
     return 0 if held is None else held.numel()
+
+
+def release_scratch() -> None:
+    """Let this thread's scratch memory go (its next call allocates afresh)."""
+    _SCRATCH.buffer = None

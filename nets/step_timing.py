@@ -20,7 +20,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from kernels import patch
-from kernels.workers_emulate import scratch_bytes
+from kernels.workers_emulate import release_scratch, scratch_bytes
 from probes.timing import conv_cases, gemm_cases, run_cases
 
 from .data import BatchLoader, load_dataset
@@ -86,11 +86,12 @@ def step_times(names=tuple(STEP_REDUCTIONS), batch_size: int = 64, warmup: int =
 
 def step_peak_bytes(options: dict, batch_size: int = 64) -> int:
     """Peak bytes of live torch CPU tensors during one training step (after one step of warm-up),
-    counting the scratch memory of the emulate backend's blocks, which the warm-up step allocated."""
+    counting the scratch memory of the emulate backend's blocks that the warm-up step allocated."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         step = training_step(options, batch_size)
+        release_scratch()  # what earlier steps left is not this step's
         step()
         held = scratch_bytes()
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:

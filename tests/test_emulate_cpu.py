@@ -19,8 +19,8 @@ from kernels.calls import counting
 from kernels.order import call_key, chunk_order, order_index, permutation_table
 from kernels.order_cpu import COUNTING_SORT_MAX, BlockOrder, Placement, _permutation_table, reduce_block
 from kernels.reduction import Reduction
-from kernels.workers_emulate import (INLINE_BLOCKS, SCRATCH_SHIFT_BYTES, run_blocks, scratch, scratch_bytes,
-                                     threads_to_workers)
+from kernels.workers_emulate import (INLINE_BLOCKS, SCRATCH_SHIFT_BYTES, release_scratch, run_blocks, scratch,
+                                     scratch_bytes, threads_to_workers)
 
 ROOT = Path(__file__).resolve().parents[1]
 MIXED_SCALES = torch.tensor([1.0, 1e8, -1e8, 3e-3, 7.0, 1e4, -2.5])  # a different order rounds differently
@@ -389,6 +389,8 @@ def test_scratch_memory_is_each_threads_own_and_kept():
     thread.start()
     thread.join()
     assert other[0] != larger.data_ptr(), "another thread has its own"
+    release_scratch()
+    assert scratch_bytes() == 0
 
 
 def test_partials_buffers_are_gapped_only_when_wide():
