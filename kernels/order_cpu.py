@@ -33,6 +33,7 @@ COUNTING_SORT_MAX = 512  # permutation rows up to this long are ranked by counti
 
 
 NARROW_INDEX_LIMIT = 2**32
+SIDE_BY_SIDE = 8  # elements whose ordered sums _sum_block runs together
 # Wide partials (more than GAP_SPLITS chunks, planes of GAP_PLANE elements or more) get a gap of
 # PLANE_GAP_BYTES, an odd number of cache lines, about half a page, between their planes. Planes a
 # multiple of 4 KiB apart share cache sets, and 32 of them thrash a core's L1 cache: with the gap
@@ -192,17 +193,17 @@ def _sum_block(partials, starts, table_rows, out):  # pragma: no cover - compile
     """out[a, b, c]: element (a, b, c)'s partials added in its order. `partials` is the flat
     storage of the (splits, A, B, C) partials and starts[row] the offsets of their planes in
     row's order, so each addition is one load at a precomputed offset. One element's additions
-    form a chain, each waiting on the one before; eight elements along c are summed side by
-    side, each in its own order as before, so that their chains overlap (training steps with 8
-    and 32 chunks ran 0-9 % faster)."""
+    form a chain, each waiting on the one before; SIDE_BY_SIDE (8) elements along c are summed
+    together, each in its own order as before, so that their chains overlap (training steps
+    with 8 and 32 chunks ran 0-9 % faster)."""
     extent_a, extent_b, extent_c = out.shape
     splits = starts.shape[1]
-    side_by_side = extent_c - extent_c % 8
+    side_by_side = extent_c - extent_c % SIDE_BY_SIDE
     element = 0
     for a in range(extent_a):
         for b in range(extent_b):
             rows, line = table_rows[a, b], out[a, b]
-            for c in range(0, side_by_side, 8):
+            for c in range(0, side_by_side, SIDE_BY_SIDE):
                 e = element + c
                 o0, o1, o2, o3 = starts[rows[c]], starts[rows[c + 1]], starts[rows[c + 2]], starts[rows[c + 3]]
                 o4, o5, o6, o7 = starts[rows[c + 4]], starts[rows[c + 5]], starts[rows[c + 6]], starts[rows[c + 7]]
@@ -272,10 +273,15 @@ def _add_in_sequence(partials: torch.Tensor, sequence: list[int], out: torch.Ten
 
 
 def _compiled(kernel, partials: torch.Tensor, out: torch.Tensor, order: BlockOrder, place: Placement) -> None:
-    """Run `kernel` on `partials` (splits, A, B, C; each plane contiguous), with every element's table row."""
+    """Run `kernel` on `partials` (splits, A, B, C; each plane contiguous), with every element's
+    table row; a contiguous `out` is passed as one line (A, B, C) = (1, 1, A*B*C)."""
     table_rows = _table_rows(tuple(partials.shape[1:]), np.uint32(order.key), GRANULARITY_CODES[order.granularity],
                              np.array(place.rows, dtype=np.int64), np.array(place.cols, dtype=np.int64), order.n_total)
-    kernel(_flat(partials), order.starts(partials.stride(0)), table_rows, out.numpy())
+    target = out.numpy()
+    if out.is_contiguous():
+        table_rows = table_rows.reshape(1, 1, -1)
+        target = target.reshape(*out.shape[:-3], 1, 1, -1)
+    kernel(_flat(partials), order.starts(partials.stride(0)), table_rows, target)
 
 
 def reduce_block(partials: torch.Tensor, out: torch.Tensor, order: BlockOrder, place: Placement) -> None:
@@ -291,7 +297,9 @@ def reduce_block(partials: torch.Tensor, out: torch.Tensor, order: BlockOrder, p
         ids = chunk_order(order.key, _block_index(out.shape, place, order, out.device), order.splits)
         _add_in_sequence(torch.gather(partials, 0, ids), order.sequence, out)
     elif partials.dtype in SUMMABLE_DTYPES:
-        target = out if out.dtype == partials.dtype else torch.empty(out.shape, dtype=partials.dtype)
+        # into `out` itself where the sum can run along its lines, else through a contiguous copy
+        direct = out.dtype == partials.dtype and (out.is_contiguous() or out.shape[-1] >= SIDE_BY_SIDE)
+        target = out if direct else torch.empty(out.shape, dtype=partials.dtype)
         _compiled(_sum_block, _planes(partials), target, order, place)
         if target is not out:
             out.copy_(target)

@@ -84,6 +84,24 @@ def test_a_block_adds_each_element_in_its_order(generator, dtype, granularity, k
         assert not torch.equal(other, expected), "another key must order (and round) some elements differently"
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("pixels", [3, 8, 11])
+def test_an_output_of_any_layout_gets_the_same_bits(generator, dtype, pixels):
+    """Lines shorter than the elements summed together go through a contiguous copy, longer ones
+    are written in place, a contiguous output is summed as one line."""
+    channels, images, splits = 6, 9, 7
+    partials = (torch.randn(splits, channels, images, pixels, generator=generator, dtype=torch.float64)
+                * MIXED_SCALES[:, None, None, None]).to(dtype)
+    order = BlockOrder(splits, 0xBEEF, "element", images * pixels)
+    place = Placement((0, 1, 0, 0), (0, 0, pixels, 1))
+    contiguous = torch.empty(channels, images, pixels, dtype=dtype)
+    transposed = torch.empty(images, channels, pixels, dtype=dtype).transpose(0, 1)
+    for out in (contiguous, transposed):
+        reduce_block(partials, out, order, place)
+    expected = reference_sum(partials.reshape(splits, channels, -1), 0xBEEF, "element").view(contiguous.shape)
+    assert torch.equal(bits(contiguous), bits(expected)) and torch.equal(bits(transposed), bits(expected))
+
+
 def test_a_block_rounds_once_more_into_another_output_dtype(generator):
     partials = torch.randn(5, 1, 20, 30, generator=generator)
     order = BlockOrder(5, 99, "element", 30)
