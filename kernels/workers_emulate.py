@@ -17,6 +17,7 @@ caller's setting is put back as the default once the workers run. A caller whose
 on one thread already does the blocks itself. A forked child starts a pool of its own. Blocks
 run with torch's CPU matmuls and convolutions in IEEE fp32, whatever torch is set to otherwise
 (torch.set_float32_matmul_precision("medium") would let them round fp32 operands to bf16).
+Each thread keeps scratch memory for what its blocks write and read before they end (`scratch`).
 """
 from __future__ import annotations
 
