@@ -10,7 +10,8 @@ per-element orders are applied by a compiled pass (numba, GIL released, serial: 
 worker of kernels.workers_emulate) that hashes each element and adds its partials in its order
 (fp32, fp64), or gathers them into their order on the raw bits (fp16, bf16) for torch to add
 position by position with one rounding per addition. Off the CPU, kernels.order.chunk_order
-gives the same orders.
+gives the same orders. `partials_buffer` and `batched_partials` lay a block's partials out for
+the compiled pass: each chunk's plane contiguous, wide ones with a gap between planes.
 """
 from __future__ import annotations
 
