@@ -95,11 +95,11 @@ def partials_buffer(splits: int, shape: tuple, dtype: torch.dtype, within_block:
     Narrower ones are fresh memory, returned between calls: no slower, and the 8-chunk step's
     peak memory stays at its bound."""
     plane = math.prod(shape)
-    step = plane + PLANE_GAP_BYTES // dtype.itemsize if _wide(splits, plane) else plane
-    size = max(splits - 1, 0) * step + plane
-    storage = (scratch(size * dtype.itemsize).view(dtype) if _wide(splits, plane) and within_block
-               else torch.empty(size, dtype=dtype))
-    return storage.as_strided((splits, *shape), (step, *torch.empty(shape, device="meta").stride()))
+    wide = _wide(splits, plane)
+    step = plane + PLANE_GAP_BYTES // dtype.itemsize if wide else plane
+    storage = (scratch(splits * step * dtype.itemsize).view(dtype) if wide and within_block
+               else torch.empty(splits * step, dtype=dtype))
+    return storage.view(splits, step)[:, :plane].unflatten(1, shape)
 
 
 def batched_partials(left: torch.Tensor, right: torch.Tensor, within_block: bool = False) -> torch.Tensor:
