@@ -37,11 +37,12 @@ import torch.nn.functional as F
 from . import gemm_emulate
 from .calls import next_key
 from .formats import ACCUMULATE_DTYPES, round_operand
-from .operands_emulate import chunk_padded, output_grad_taps, output_size, patch_matrix
+from .operands_emulate import (OperandRuns, chunk_padded, output_grad_runs, output_grad_taps, output_size, patch_matrix,
+                               patch_runs)
 from .order import chunk_bounds
 from .order_cpu import BlockOrder, Placement, batched_partials, partials_buffer, reduce_block
 from .reduction import Reduction
-from .workers_emulate import run_blocks, threads_to_workers
+from .workers_emulate import run_blocks, shaped, threads_to_workers
 
 # Sizes of the blocks of work, in multiply-adds and bytes. A torch convolution call costs as much
 # as tens of millions of multiply-adds before it starts, a matmul far fewer; a convolution split
@@ -125,22 +126,21 @@ def _conv_runs(batch: int, products: int, most: int | None = None) -> list[tuple
     return _runs(batch, count if most is None else min(count, most))
 
 
-def _chunked(operand, weights, unfold, pixels, reduction: Reduction, key, out_dtype) -> _Role:
-    """A forward or input-gradient role by runs of images of `operand` (batch first): weights
-    (channels, K) times unfold(images, splits), (K, images * pixels), for each chunk of K (both
-    operands padded chunk by chunk, operands_emulate.chunk_rows), and the run's partials added
-    in their order into the (batch, channels, pixels) result."""
-    (batch, channels), k, splits = (operand.shape[0], weights.shape[0]), weights.shape[1], reduction.splits
+def _chunked(operand: OperandRuns, weights, batch: int, pixels: int, reduction: Reduction, key, out_dtype) -> _Role:
+    """A forward or input-gradient role by runs of images: weights (channels, K) times the
+    operand's (K, images * pixels) columns of the run, for each chunk of K (both operands padded
+    chunk by chunk, operands_emulate.chunk_rows), and the run's partials added in their order
+    into the (batch, channels, pixels) result."""
+    channels, k, splits = weights.shape[0], weights.shape[1], reduction.splits
     out = torch.empty(batch, channels, pixels, dtype=out_dtype)
+    by_channel = out.transpose(0, 1)
     acc_dtype = ACCUMULATE_DTYPES[reduction.accumulate]
     order = BlockOrder(splits, gemm_emulate.call_key(reduction, key), reduction.granularity, batch * pixels)
     chunks = chunk_padded(weights, splits, dim=1).view(channels, splits, -1).transpose(0, 1)
 
     def block(b0, b1):
-        columns = unfold(operand[b0:b1], splits)
-        partials = batched_partials(chunks, columns.view(splits, -1, columns.shape[1]), within_block=True)
-        partials = partials.view(splits, channels, b1 - b0, pixels)
-        reduce_block(partials.to(acc_dtype), out[b0:b1].transpose(0, 1), order,
+        partials = batched_partials(chunks, operand.run(b0, b1), within_block=True)
+        reduce_block(shaped(partials, (splits, channels, b1 - b0, pixels)).to(acc_dtype), by_channel[:, b0:b1], order,
                      Placement((0, 1, 0, 0), (b0 * pixels, 0, pixels, 1)))
 
     count = _run_count(batch * channels * k * pixels, 4 * batch * (splits * channels + k) * pixels, conv=False)
@@ -164,8 +164,8 @@ def _forward(x, w, stride, padding, reduction: Reduction, out_dtype) -> _Role:
     if _torch_conv_applies(reduction, x, w):
         return _whole(_conv_runs(batch, batch * cout * k * pixels),
                       lambda b0, b1: F.conv2d(x[b0:b1], w, None, stride, padding), reduction, out_dtype)
-    role = _chunked(x, w.view(cout, k), lambda images, splits: patch_matrix(images, (kh, kw), stride, padding, splits),
-                    pixels, reduction, key, out_dtype)
+    role = _chunked(patch_runs(x, (kh, kw), stride, padding, reduction.splits), w.view(cout, k), batch, pixels,
+                    reduction, key, out_dtype)
     return role._replace(finish=lambda: role.finish().view(batch, cout, *size))
 
 
@@ -190,9 +190,8 @@ def _input_grad(grad_out, w, input_size, stride, padding, reduction: Reduction, 
     if grad_out.device.type != "cpu":
         taps = output_grad_taps(grad_out, input_size, (kh, kw), stride, padding)
         return _done(_channels_first(gemm_emulate.gemm(weights_t, taps, reduction, key, out_dtype), batch, input_size))
-    role = _chunked(grad_out, weights_t,
-                    lambda images, splits: output_grad_taps(images, input_size, (kh, kw), stride, padding, splits),
-                    pixels, reduction, key, out_dtype)
+    role = _chunked(output_grad_runs(grad_out, input_size, (kh, kw), stride, padding, reduction.splits), weights_t,
+                    batch, pixels, reduction, key, out_dtype)
     return role._replace(finish=lambda: role.finish().view(batch, cin, *input_size))
 
 
@@ -245,12 +244,13 @@ def _weight_grad_pieces(x, grads, kernel_size, stride, padding, reduction: Reduc
     pieces = _pieces(bounds, starts[1:])  # (lo, hi, chunk): a chunk's pieces lie in one run each
     firsts = [bisect.bisect_left(pieces, (start,)) for start in starts] + [len(pieces)]
     products = x.new_empty(len(pieces), cout, n)
+    operand = patch_runs(x, kernel_size, stride, padding)
 
     def block(r, b0, b1):
-        cols = patch_matrix(x[b0:b1], kernel_size, stride, padding)
+        patches = operand.run(b0, b1).numpy()[0].T  # (the run's pixels, n), a transposed view
         for i in range(firsts[r], firsts[r + 1]):
             lo, hi, _ = pieces[i]
-            torch.mm(grads[:, lo:hi], cols[:, lo - starts[r]: hi - starts[r]].t(), out=products[i])
+            torch.mm(grads[:, lo:hi], torch.from_numpy(patches[lo - starts[r]: hi - starts[r]]), out=products[i])
 
     out = torch.empty(cout, n, dtype=out_dtype)
     acc_dtype = ACCUMULATE_DTYPES[reduction.accumulate]

@@ -87,14 +87,16 @@ def tile_blocks(a, b, reduction: Reduction, order: BlockOrder, out: torch.Tensor
     acc_dtype = ACCUMULATE_DTYPES[reduction.accumulate]
     direct = len(bounds) == 1 and out.dtype == acc_dtype == a.dtype
 
+    equal = k % len(bounds) == 0  # equal chunks: one batched matmul over these views
+    a_chunks = a.view(m, len(bounds), -1).transpose(0, 1) if equal else None
+    b_chunks = b.view(len(bounds), -1, n) if equal else None
+
     def tile(r0, r1, c0, c1):
         if direct:
             torch.mm(a[r0:r1], b[:, c0:c1], out=out[r0:r1, c0:c1])
             return
-        if k % len(bounds) == 0:  # equal chunks: one batched matmul
-            width = k // len(bounds)
-            partials = batched_partials(a[r0:r1].view(-1, len(bounds), width).transpose(0, 1),
-                                        b[:, c0:c1].view(len(bounds), width, -1), within_block=True)
+        if equal:
+            partials = batched_partials(a_chunks[:, r0:r1], b_chunks[:, :, c0:c1], within_block=True)
         else:
             partials = partials_buffer(len(bounds), (r1 - r0, c1 - c0), a.dtype, within_block=True)
             for s, (lo, hi) in enumerate(bounds):

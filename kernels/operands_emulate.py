@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from .geometry import conv_output_size
 from .order import chunk_bounds
 from .order_cpu import index_dtype
+from .workers_emulate import fresh
 
 
 def output_size(input_size, kernel_size, stride, padding) -> tuple[int, int]:
@@ -87,16 +88,17 @@ def _tap_index(kh, kw, batch, rows, cols):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather_taps(planes, index, targets, out):  # pragma: no cover - compiled
-    """out[targets[c * taps + t], i] = planes[c, index[t, i]]: one long gather per row of the
-    operand; every row of `out` no target names is zero."""
-    taps, columns = index.shape
+def _gather_taps(planes, index, targets, first, out):  # pragma: no cover - compiled
+    """out[targets[c * taps + t], i] = planes[c, index[t, first + i]]: one long gather per row of
+    the operand; every row of `out` no target names is zero."""
+    taps = index.shape[0]
+    columns = out.shape[1]
     written = np.zeros(out.shape[0], dtype=np.bool_)
     for c in range(planes.shape[0]):
         plane = planes[c]
         for t in range(taps):
             row = targets[c * taps + t]
-            line, positions, written[row] = out[row], index[t], True
+            line, positions, written[row] = out[row], index[t, first:first + columns], True
             for i in range(columns):
                 line[i] = plane[positions[i]]
     for row in range(out.shape[0]):
@@ -121,18 +123,33 @@ def chunk_rows(k: int, splits: int) -> np.ndarray:
                      for row in range(lo, hi)], dtype=np.int64)
 
 
-def _gathered(src: torch.Tensor, kernel_size, rows: _Axis, cols: _Axis, splits: int) -> torch.Tensor:
-    """(C*kh*kw, N*rows.target*cols.target) operand of src (N, C, rows.source, cols.source) on the
-    CPU, its rows padded chunk by chunk (chunk_rows) for `splits` chunks."""
-    batch, channels = src.shape[:2]
-    planes = src.new_empty(channels, 1 + src[:, 0].numel())
-    planes[:, 0] = 0
-    planes[:, 1:].view(channels, batch, -1).copy_(src.reshape(batch, channels, -1).transpose(0, 1))
-    index = _cached_tap_index(tuple(kernel_size), batch, rows, cols)
-    k = channels * index.shape[0]
-    out = src.new_empty(splits * -(-k // splits), index.shape[1])
-    _gather_taps(planes.numpy(), index, chunk_rows(k, splits), out.numpy())
-    return out
+class OperandRuns:
+    """The (K, N) operand of a convolution role on the CPU, gathered a run of images at a time.
+
+    The source (N, C, rows.source, cols.source) is laid out channel by channel, with a zero in
+    front of each channel's plane, and the geometry's index is taken, once for all images; the
+    columns of a run of images are then one compiled gather into fresh memory (its Python keeps
+    the GIL, kernels.workers_emulate), with the rows padded chunk by chunk (chunk_rows) for
+    `splits` chunks.
+    """
+
+    def __init__(self, src: torch.Tensor, kernel_size, rows: _Axis, cols: _Axis, splits: int):
+        batch, channels = src.shape[:2]
+        planes = src.new_empty(channels, 1 + src[:, 0].numel())
+        planes[:, 0] = 0
+        planes[:, 1:].view(channels, batch, -1).copy_(src.reshape(batch, channels, -1).transpose(0, 1))
+        self.planes, self.dtype = planes.numpy(), src.dtype
+        self.index = _cached_tap_index(tuple(kernel_size), batch, rows, cols)
+        k = channels * self.index.shape[0]
+        self.splits, self.longest, self.targets = splits, -(-k // splits), chunk_rows(k, splits)
+        self.image_columns = rows.target * cols.target
+
+    def run(self, b0: int, b1: int) -> torch.Tensor:
+        """(splits, ceil(K / splits), (b1 - b0) * pixels): the columns of images [b0, b1)."""
+        out = fresh((self.splits, self.longest, (b1 - b0) * self.image_columns), self.dtype)
+        _gather_taps(self.planes, self.index, self.targets, b0 * self.image_columns,
+                     out.numpy().reshape(self.splits * self.longest, -1))
+        return out
 
 
 def chunk_padded(matrix: torch.Tensor, splits: int, dim: int = 0) -> torch.Tensor:
@@ -146,17 +163,38 @@ def chunk_padded(matrix: torch.Tensor, splits: int, dim: int = 0) -> torch.Tenso
     return matrix.new_zeros(shape).index_copy_(dim, rows, matrix)
 
 
+def patch_runs(x: torch.Tensor, kernel_size, stride, padding, splits: int = 1) -> OperandRuns:
+    """patch_matrix of x on the CPU, by runs of images."""
+    out_size = output_size(x.shape[2:], kernel_size, stride, padding)
+    # output row oy with tap ky reads input row oy*sh - ph + ky
+    rows, cols = (_Axis(out, size, step, -pad, 1, 1)
+                  for out, size, step, pad in zip(out_size, x.shape[2:], stride, padding))
+    return OperandRuns(x, kernel_size, rows, cols, splits)
+
+
+def output_grad_runs(grad_out: torch.Tensor, input_size, kernel_size, stride, padding, splits: int = 1) -> OperandRuns:
+    """output_grad_taps of grad_out on the CPU, by runs of images."""
+    # input row y with tap ky reads output row (y + ph - ky) / sh
+    rows, cols = (_Axis(size, out, 1, pad, -1, step)
+                  for size, out, step, pad in zip(input_size, grad_out.shape[2:], stride, padding))
+    return OperandRuns(grad_out, kernel_size, rows, cols, splits)
+
+
+def _whole_operand(runs: OperandRuns, batch: int) -> torch.Tensor:
+    """The operand of all `batch` images as one (rows, columns) matrix."""
+    columns = runs.run(0, batch)
+    return columns.view(-1, columns.shape[2])
+
+
 def patch_matrix(x: torch.Tensor, kernel_size, stride, padding, splits: int = 1) -> torch.Tensor:
     """im2col of x: (Cin*kh*kw, N*Ho*Wo), row ci*kh*kw + ky*kw + kx, column b*Ho*Wo + oy*Wo + ox.
 
     Entry = x[b, ci, oy*sh - ph + ky, ox*sw - pw + kx] (zero outside the input). With `splits`,
     the rows are padded chunk by chunk (chunk_rows).
     """
+    if x.device.type == "cpu":
+        return _whole_operand(patch_runs(x, kernel_size, stride, padding, splits), x.shape[0])
     out_size = output_size(x.shape[2:], kernel_size, stride, padding)
-    if x.device.type == "cpu":  # output row oy with tap ky reads input row oy*sh - ph + ky
-        rows, cols = (_Axis(out, size, step, -pad, 1, 1)
-                      for out, size, step, pad in zip(out_size, x.shape[2:], stride, padding))
-        return _gathered(x, kernel_size, rows, cols, splits)
     (ph, pw) = padding
     framed = F.pad(x, (pw, pw, ph, ph)).transpose(0, 1)
     return chunk_padded(_taps(framed, kernel_size, out_size, stride, flipped=False), splits)
@@ -172,10 +210,8 @@ def output_grad_taps(grad_out: torch.Tensor, input_size, kernel_size, stride, pa
     """
     (h, w), (kh, kw), (sh, sw), (ph, pw) = input_size, kernel_size, stride, padding
     n, cout, ho, wo = grad_out.shape
-    if grad_out.device.type == "cpu":  # input row y with tap ky reads output row (y + ph - ky) / sh
-        rows, cols = (_Axis(size, out, 1, pad, -1, step)
-                      for size, out, step, pad in zip(input_size, (ho, wo), stride, padding))
-        return _gathered(grad_out, kernel_size, rows, cols, splits)
+    if grad_out.device.type == "cpu":
+        return _whole_operand(output_grad_runs(grad_out, input_size, kernel_size, stride, padding, splits), n)
     if (sh, sw) != (1, 1):  # on the stride-1 grid of output positions, zero between them
         spread = grad_out.new_zeros(n, cout, (ho - 1) * sh + 1, (wo - 1) * sw + 1)
         spread[:, :, ::sh, ::sw] = grad_out

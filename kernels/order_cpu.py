@@ -25,7 +25,7 @@ import torch
 from .formats import add_rounded
 from .order import (FMIX_C1, FMIX_C2, GOLDEN, GRANULARITY_CODES, MASK32, ORDER_TILE, PERMUTATIONS,
                     chunk_order)
-from .workers_emulate import scratch
+from .workers_emulate import fresh, numpy_dtype, scratch
 
 _BIT_VIEWS = {8: torch.int64, 4: torch.int32, 2: torch.int16}
 # Formats whose additions numba performs in the format itself (IEEE, round to nearest even).
@@ -96,10 +96,14 @@ def partials_buffer(splits: int, shape: tuple, dtype: torch.dtype, within_block:
     peak memory stays at its bound."""
     plane = math.prod(shape)
     wide = _wide(splits, plane)
-    step = plane + PLANE_GAP_BYTES // dtype.itemsize if wide else plane
-    storage = (scratch(splits * step * dtype.itemsize).view(dtype) if wide and within_block
-               else torch.empty(splits * step, dtype=dtype))
-    return storage.view(splits, step)[:, :plane].unflatten(1, shape)
+    if not wide:
+        return fresh((splits, *shape), dtype)
+    item = dtype.itemsize
+    step = plane + PLANE_GAP_BYTES // item
+    storage = (scratch(splits * step * item).view(numpy_dtype(dtype)) if within_block
+               else np.empty(splits * step, numpy_dtype(dtype)))
+    inner = [item * math.prod(shape[d + 1:]) for d in range(len(shape))]
+    return torch.from_numpy(np.lib.stride_tricks.as_strided(storage, (splits, *shape), (step * item, *inner)))
 
 
 def batched_partials(left: torch.Tensor, right: torch.Tensor, within_block: bool = False) -> torch.Tensor:
@@ -125,7 +129,7 @@ def _planes(partials: torch.Tensor) -> torch.Tensor:
 def _flat(partials: torch.Tensor) -> np.ndarray:
     """The storage that `partials` (planes contiguous) spans, as a flat array from its first element."""
     span = (partials.shape[0] - 1) * partials.stride(0) + partials[0].numel()
-    return torch.as_strided(partials, (span,), (1,)).numpy()
+    return np.lib.stride_tricks.as_strided(partials.numpy(), (span,), (partials.element_size(),))
 
 
 @numba.njit(cache=True, inline="always")
@@ -248,6 +252,19 @@ def _gather_block(partials, starts, table_rows, out):  # pragma: no cover - comp
                 element += np.uint64(1)
 
 
+@numba.njit(cache=True, nogil=True)
+def _sum_in_order(partials, starts, where, out):  # pragma: no cover - compiled
+    """_sum_block with the table rows of the elements `where` (_table_rows' arguments) laid out
+    as `out`: one compiled call, which lets the GIL go once."""
+    _sum_block(partials, starts, _table_rows(*where).reshape(out.shape), out)
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather_in_order(partials, starts, where, out):  # pragma: no cover - compiled
+    """_gather_block with the table rows of the elements `where` laid out as out[0], in one call."""
+    _gather_block(partials, starts, _table_rows(*where).reshape(out.shape[1:]), out)
+
+
 def _block_index(shape, place: Placement, order: BlockOrder, device) -> torch.Tensor:
     """Order index (kernels.order) of every element of an (A, B, C) block, as int64."""
     axes = [torch.arange(size, dtype=torch.int64, device=device).view([-1 if i == d else 1 for i in range(3)])
@@ -273,16 +290,14 @@ def _add_in_sequence(partials: torch.Tensor, sequence: list[int], out: torch.Ten
     out.copy_(total)
 
 
-def _compiled(kernel, partials: torch.Tensor, out: torch.Tensor, order: BlockOrder, place: Placement) -> None:
-    """Run `kernel` on `partials` (splits, A, B, C; each plane contiguous), with every element's
-    table row; a contiguous `out` is passed as one line (A, B, C) = (1, 1, A*B*C)."""
-    table_rows = _table_rows(tuple(partials.shape[1:]), np.uint32(order.key), GRANULARITY_CODES[order.granularity],
-                             np.array(place.rows, dtype=np.int64), np.array(place.cols, dtype=np.int64), order.n_total)
-    target = out.numpy()
-    if out.is_contiguous():
-        table_rows = table_rows.reshape(1, 1, -1)
-        target = target.reshape(*out.shape[:-3], 1, 1, -1)
-    kernel(_flat(partials), order.starts(partials.stride(0)), table_rows, target)
+def _compiled(kernel, partials: torch.Tensor, out: np.ndarray, order: BlockOrder, place: Placement) -> None:
+    """Run `kernel` (_sum_in_order, _gather_in_order) on `partials` (splits, A, B, C; each plane
+    contiguous); a contiguous `out` is passed as one line (A, B, C) = (1, 1, A*B*C)."""
+    where = (tuple(partials.shape[1:]), np.uint32(order.key), GRANULARITY_CODES[order.granularity],
+             np.array(place.rows, dtype=np.int64), np.array(place.cols, dtype=np.int64), order.n_total)
+    if out.flags.c_contiguous:
+        out = out.reshape(*out.shape[:-3], 1, 1, -1)
+    kernel(_flat(partials), order.starts(partials.stride(0)), where, out)
 
 
 def reduce_block(partials: torch.Tensor, out: torch.Tensor, order: BlockOrder, place: Placement) -> None:
@@ -300,12 +315,12 @@ def reduce_block(partials: torch.Tensor, out: torch.Tensor, order: BlockOrder, p
     elif partials.dtype in SUMMABLE_DTYPES:
         # into `out` itself where the sum can run along its lines, else through a contiguous copy
         direct = out.dtype == partials.dtype and (out.is_contiguous() or out.shape[-1] >= SIDE_BY_SIDE)
-        target = out if direct else torch.empty(out.shape, dtype=partials.dtype)
-        _compiled(_sum_block, _planes(partials), target, order, place)
-        if target is not out:
-            out.copy_(target)
+        target = out.numpy() if direct else np.empty(out.shape, numpy_dtype(partials.dtype))
+        _compiled(_sum_in_order, _planes(partials), target, order, place)
+        if not direct:
+            out.copy_(torch.from_numpy(target))
     else:
         bits = _planes(partials).view(_BIT_VIEWS[partials.element_size()])
         ordered = torch.empty(partials.shape, dtype=bits.dtype)
-        _compiled(_gather_block, bits, ordered, order, place)
+        _compiled(_gather_in_order, bits, ordered.numpy(), order, place)
         _add_in_sequence(ordered.view(partials.dtype), order.sequence, out)

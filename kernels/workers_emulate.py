@@ -18,15 +18,24 @@ on one thread already does the blocks itself. A forked child starts a pool of it
 run with torch's CPU matmuls and convolutions in IEEE fp32, whatever torch is set to otherwise
 (torch.set_float32_matmul_precision("medium") would let them round fp32 operands to bf16).
 Each thread keeps scratch memory for what its blocks write and read before they end (`scratch`).
+
+Blocks run their Python on the workers in turn, under the GIL. Every torch view, transpose or
+allocation with a shape releases the GIL and takes it back, and taking it back waits while
+another worker runs Python: blocks of the quick net's split-K convolutions, some 20 such calls
+each, ran 1.4-1.6x slower side by side than alone. Inside a block, tensors are therefore shaped
+and allocated through numpy (`shaped`, `fresh`), which keeps the GIL, so that a block lets it go
+only for its compiled loops and its matmuls or convolutions.
 """
 from __future__ import annotations
 
 import contextvars
+import functools
 import os
 import queue
 import threading
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 
@@ -196,28 +205,45 @@ SCRATCH_SHIFT_BYTES = 34 * 64
 
 
 class _Scratch(threading.local):
-    buffer: torch.Tensor | None = None  # this thread's
+    buffer: np.ndarray | None = None  # this thread's
 
 
 _SCRATCH = _Scratch()
 
 
-def scratch(nbytes: int) -> torch.Tensor:
+def scratch(nbytes: int) -> np.ndarray:
     """`nbytes` of this thread's scratch memory (uint8), for what a block of work writes and reads
     before it ends; valid until the thread's next call. The memory is kept for the thread's next
     block: fresh memory is paged in on first touch, which made a batched matmul into a fresh
     4 MiB buffer take 1.1 ms more than the 0.3 ms it took into a reused one."""
-    if _SCRATCH.buffer is None or _SCRATCH.buffer.numel() < SCRATCH_SHIFT_BYTES + nbytes:
+    if _SCRATCH.buffer is None or _SCRATCH.buffer.size < SCRATCH_SHIFT_BYTES + nbytes:
         _SCRATCH.buffer = None  # the smaller one freed before the larger is allocated
-        _SCRATCH.buffer = torch.empty(SCRATCH_SHIFT_BYTES + nbytes, dtype=torch.uint8)
+        _SCRATCH.buffer = torch.empty(SCRATCH_SHIFT_BYTES + nbytes, dtype=torch.uint8).numpy()
     return _SCRATCH.buffer[SCRATCH_SHIFT_BYTES:SCRATCH_SHIFT_BYTES + nbytes]
 
 
 def scratch_bytes() -> int:
     """The bytes of scratch memory this thread holds."""
-    return 0 if _SCRATCH.buffer is None else _SCRATCH.buffer.numel()
+    return 0 if _SCRATCH.buffer is None else _SCRATCH.buffer.size
 
 
 def release_scratch() -> None:
     """Let this thread's scratch memory go (its next call allocates afresh)."""
     _SCRATCH.buffer = None
+
+
+@functools.lru_cache(maxsize=None)
+def numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    """numpy's dtype for torch's `dtype` (one that numpy has)."""
+    return torch.empty(0, dtype=dtype).numpy().dtype
+
+
+def fresh(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """torch.empty(shape, dtype=dtype) on the CPU, allocated without letting the GIL go (see above)."""
+    return torch.from_numpy(np.empty(shape, numpy_dtype(dtype)))
+
+
+def shaped(tensor: torch.Tensor, shape: tuple) -> torch.Tensor:
+    """tensor.reshape(shape) for a CPU tensor outside autograd, of a dtype numpy has, without
+    letting the GIL go (see above): a view where the strides allow one, else a copy."""
+    return torch.from_numpy(tensor.numpy().reshape(shape))
