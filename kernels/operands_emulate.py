@@ -3,7 +3,7 @@
 kernels.conv specifies each role as a GEMM; these build its right-hand operand for a run of
 images: the im2col of the input (forward, and the weight gradient's transposed operand) and
 the taps of the output gradient (input gradient). On the CPU each row is one compiled gather
-(numba, GIL released) from the source laid out channel by channel, through an index of source
+(numba, GIL released) from a copy of one channel of the run's images, through an index of source
 positions that depends on the layer's geometry alone (computed once per geometry); elsewhere one
 strided copy per tap. The Triton implicit-GEMM kernels read the same matrices by address
 arithmetic instead.
@@ -88,18 +88,22 @@ def _tap_index(kh, kw, batch, rows, cols):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather_taps(planes, index, targets, first, out):  # pragma: no cover - compiled
-    """out[targets[c * taps + t], i] = planes[c, index[t, first + i]]: one long gather per row of
-    the operand; every row of `out` no target names is zero."""
+def _gather_taps(source, index, targets, out):  # pragma: no cover - compiled
+    """out[targets[c * taps + t], i] = plane(c)[index[t, i]], where plane(c) is a zero followed by
+    channel c of every image of `source` (images, channels, pixels): one long gather per row of
+    the operand from a plane that stays in cache; every row of `out` no target names is zero."""
+    images, channels, pixels = source.shape
     taps = index.shape[0]
-    columns = out.shape[1]
+    plane = np.empty(1 + images * pixels, dtype=source.dtype)
+    plane[0] = 0
     written = np.zeros(out.shape[0], dtype=np.bool_)
-    for c in range(planes.shape[0]):
-        plane = planes[c]
+    for c in range(channels):
+        for b in range(images):
+            plane[1 + b * pixels:1 + (b + 1) * pixels] = source[b, c]
         for t in range(taps):
             row = targets[c * taps + t]
-            line, positions, written[row] = out[row], index[t, first:first + columns], True
-            for i in range(columns):
+            line, positions, written[row] = out[row], index[t], True
+            for i in range(line.shape[0]):
                 line[i] = plane[positions[i]]
     for row in range(out.shape[0]):
         if not written[row]:
@@ -124,31 +128,21 @@ def chunk_rows(k: int, splits: int) -> np.ndarray:
 
 
 class OperandRuns:
-    """The (K, N) operand of a convolution role on the CPU, gathered a run of images at a time.
-
-    The source (N, C, rows.source, cols.source) is laid out channel by channel, with a zero in
-    front of each channel's plane, and the geometry's index is taken, once for all images; the
-    columns of a run of images are then one compiled gather into fresh memory (its Python keeps
-    the GIL, kernels.workers_emulate), with the rows padded chunk by chunk (chunk_rows) for
-    `splits` chunks.
-    """
+    """The (K, N) operand of a convolution role on the CPU, gathered a run of images at a time:
+    one compiled gather per run into fresh memory (its Python keeps the GIL, kernels.workers_emulate),
+    with the rows padded chunk by chunk (chunk_rows) for `splits` chunks."""
 
     def __init__(self, src: torch.Tensor, kernel_size, rows: _Axis, cols: _Axis, splits: int):
-        batch, channels = src.shape[:2]
-        planes = src.new_empty(channels, 1 + src[:, 0].numel())
-        planes[:, 0] = 0
-        planes[:, 1:].view(channels, batch, -1).copy_(src.reshape(batch, channels, -1).transpose(0, 1))
-        self.planes, self.dtype = planes.numpy(), src.dtype
-        self.index = _cached_tap_index(tuple(kernel_size), batch, rows, cols)
-        k = channels * self.index.shape[0]
+        self.source = src.detach().numpy().reshape(*src.shape[:2], -1)  # (images, channels, pixels), contiguous
+        self.kernel_size, self.rows, self.cols, self.dtype = tuple(kernel_size), rows, cols, src.dtype
+        k = src.shape[1] * self.kernel_size[0] * self.kernel_size[1]
         self.splits, self.longest, self.targets = splits, -(-k // splits), chunk_rows(k, splits)
-        self.image_columns = rows.target * cols.target
 
     def run(self, b0: int, b1: int) -> torch.Tensor:
         """(splits, ceil(K / splits), (b1 - b0) * pixels): the columns of images [b0, b1)."""
-        out = fresh((self.splits, self.longest, (b1 - b0) * self.image_columns), self.dtype)
-        _gather_taps(self.planes, self.index, self.targets, b0 * self.image_columns,
-                     out.numpy().reshape(self.splits * self.longest, -1))
+        index = _cached_tap_index(self.kernel_size, b1 - b0, self.rows, self.cols)
+        out = fresh((self.splits, self.longest, index.shape[1]), self.dtype)
+        _gather_taps(self.source[b0:b1], index, self.targets, out.numpy().reshape(self.splits * self.longest, -1))
         return out
 
 
