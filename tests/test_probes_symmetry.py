@@ -56,6 +56,16 @@ def test_replication_gives_p_minus_1_over_n_minus_1(kind, unique, copies, genera
     assert backward_correlation(filters.transpose(0, 1), kind) == pytest.approx(expected, abs=1e-12)
 
 
+@pytest.mark.parametrize("kind", ["cosine", "pearson"])
+def test_identical_rows_are_exactly_alike_and_one_row_apart_is_not(kind, generator):
+    """Rows all equal give exactly 1 (no rounding below it); one row changed in one entry, less."""
+    row = torch.randn(1, 144, generator=generator)
+    w = row.repeat(16, 1)
+    assert forward_correlation(w, kind) == 1.0
+    w[5, 7] += 1e-3
+    assert forward_correlation(w, kind) < 1.0
+
+
 def test_pearson_matches_numpy_corrcoef(generator):
     w = torch.randn(12, 30, generator=generator) + torch.randn(1, 30, generator=generator)
     corr = np.corrcoef(w.double().numpy())
