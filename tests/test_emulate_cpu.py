@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,8 @@ from kernels.calls import counting
 from kernels.order import call_key, chunk_order, order_index, permutation_table
 from kernels.order_cpu import COUNTING_SORT_MAX, BlockOrder, Placement, _permutation_table, reduce_block
 from kernels.reduction import Reduction
-from kernels.workers_emulate import (INLINE_BLOCKS, SCRATCH_SHIFT_BYTES, release_scratch, run_blocks, scratch,
-                                     scratch_bytes, threads_to_workers)
+from kernels.workers_emulate import (INLINE_BLOCKS, SCRATCH_SHIFT_BYTES, fresh, release_scratch, run_blocks, scratch,
+                                     scratch_bytes, shaped, threads_to_workers)
 
 ROOT = Path(__file__).resolve().parents[1]
 MIXED_SCALES = torch.tensor([1.0, 1e8, -1e8, 3e-3, 7.0, 1e4, -2.5])  # a different order rounds differently
@@ -412,6 +413,50 @@ def test_scratch_memory_is_each_threads_own_and_kept():
     assert other[0] != address(larger), "another thread has its own"
     release_scratch()
     assert scratch_bytes() == 0
+
+
+def test_a_block_lets_the_gil_go_only_for_its_heavy_calls():
+    """A split-K forward block of the quick net's stage 2 keeps the GIL between its gather, batched
+    matmul and ordered sum. A thread spinning in Python keeps the GIL for up to a switch interval
+    each time the block lets it go, so the block's time counts its waits: 5-14 intervals here,
+    26-38 when its tensors were shaped by torch (about 20 releases). The least of three runs,
+    as the machine's load only adds to it."""
+    x, w = torch.randn(32, 32, 4, 4), torch.randn(32, 32, 3, 3)
+    with threads_to_workers():
+        (block,) = conv_emulate._forward(x, w, (1, 1), (1, 1), Reduction("splitk", splits=8, seed=1),
+                                         torch.float32).blocks
+    block()  # compiles or loads the compiled loops
+    interval, stop, spinning = sys.getswitchinterval(), threading.Event(), threading.Event()
+
+    def spin():
+        spinning.set()
+        while not stop.is_set():
+            sum(range(100))
+
+    spinner = threading.Thread(target=spin)
+    sys.setswitchinterval(0.05)
+    spinner.start()
+    spinning.wait()
+    try:
+        waits = []
+        for _ in range(3):
+            start = time.perf_counter()
+            block()
+            waits.append((time.perf_counter() - start) / 0.05)
+    finally:
+        stop.set()
+        spinner.join()
+        sys.setswitchinterval(interval)
+    assert min(waits) < 16, f"the block waited for the GIL about {min(waits):.0f} switch intervals"
+
+
+def test_shaped_and_fresh_tensors_are_numpys_views():
+    base = fresh((4, 6), torch.float32)
+    assert base.shape == (4, 6) and base.dtype == torch.float32
+    view = shaped(base, (2, 2, 6))
+    assert view.data_ptr() == base.data_ptr() and view.shape == (2, 2, 6)
+    columns = shaped(base[:, :3], (2, 2, 3))  # rows 6 apart, three contiguous: still a view
+    assert columns.data_ptr() == base.data_ptr() and columns.stride() == (12, 6, 1)
 
 
 def test_partials_buffers_are_gapped_only_when_wide():
