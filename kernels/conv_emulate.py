@@ -6,7 +6,9 @@ how a chunk's partial is formed differs. On the CPU a role is a list of blocks o
 parallel on single-threaded workers (kernels.workers_emulate), and a finishing step:
 
   one chunk (splits 1)  torch's own convolution (forward, transposed, weight-gradient), on runs
-                        of images; the weight gradient's runs are added in run order.
+                        of images; the weight gradient's runs are added in run order. A weight
+                        gradient with at least as many output channels as K (N*Ho*Wo) is
+                        formed as several chunks are, below, with its one chunk.
   several chunks        the forward and the input gradient by runs of images: the run's
                         operand (kernels.operands_emulate) times each chunk of the weights,
                         one batched matmul over both padded chunk by chunk, the partials
@@ -196,9 +198,10 @@ def _input_grad(grad_out, w, input_size, stride, padding, reduction: Reduction, 
 
 
 def _weight_grad(x, grad_out, kernel_size, stride, padding, reduction: Reduction, out_dtype) -> _Role:
-    """The weight gradient's role: torch's conv per run of images where one chunk allows it, else
-    chunk products of the patch matrix per run of images (pieces), or, where the chunk partials
-    would outweigh the operand 4x or more, the GEMM's cache-sized output tiles over all of it."""
+    """The weight gradient's role: torch's conv per run of images where one chunk allows it and the
+    output is the smaller, else chunk products of the patch matrix per run of images (pieces),
+    or, where the chunk partials would outweigh the operand 4x or more, the GEMM's cache-sized
+    output tiles over all of it."""
     key = next_key(reduction)
     batch, cin = x.shape[:2]
     cout, (kh, kw) = grad_out.shape[1], kernel_size
@@ -207,7 +210,9 @@ def _weight_grad(x, grad_out, kernel_size, stride, padding, reduction: Reduction
         return _done(torch.zeros(cout, cin, kh, kw, dtype=out_dtype, device=x.device))
     x = round_operand(x, reduction.precision).contiguous()
     grad_out = round_operand(grad_out, reduction.precision).contiguous()
-    if x.device.type == "cpu" and _torch_conv_applies(reduction, x, grad_out):
+    # oneDNN's weight-gradient convolution costs more than the GEMM where its output outweighs its
+    # operand: 37-42 against 17-18 ms on ConstNet-16-10's stage 3 at batch 8 (cout 640, K 512)
+    if x.device.type == "cpu" and cout < k and _torch_conv_applies(reduction, x, grad_out):
         runs = _conv_runs(batch, cout * n * k, most=_results_fitting(cout * n))
         shape = (cout, cin, kh, kw)
         return _whole(runs, lambda b0, b1: torch.nn.grad.conv2d_weight(x[b0:b1], shape, grad_out[b0:b1], stride,

@@ -201,6 +201,21 @@ def test_every_role_is_its_specified_gemm_bit_for_bit(generator, monkeypatch, co
     assert_roles_are_the_spec(generator, monkeypatch, config, reduction)
 
 
+@pytest.mark.parametrize("c_out,torch_forms_it", [(24, False), (8, True)])
+def test_the_one_chunk_weight_gradient_is_torchs_convolution_only_below_its_operands_size(
+        generator, monkeypatch, c_out, torch_forms_it):
+    """K is 2 images x 9 pixels = 18: 24 output channels outweigh it, 8 do not."""
+    calls = []
+    conv2d_weight = torch.nn.grad.conv2d_weight
+    monkeypatch.setattr(torch.nn.grad, "conv2d_weight", lambda *args: calls.append(1) or conv2d_weight(*args))
+    x, w, gy = (torch.randn(shape, generator=generator) for shape in ((2, 3, 3, 3), (c_out, 3, 3, 3), (2, c_out, 3, 3)))
+    gw = emulated_roles(x, w, gy, 1, 1, Reduction("fixed", splits=1))["weight_grad"]
+    assert bool(calls) == torch_forms_it
+    expected = torch.nn.grad.conv2d_weight(x.double(), w.shape, gy.double(), 1, 1)
+    # 18 fp32 products per element, each sum off by at most 18 roundings of 2**-24 of the terms' sizes
+    assert (gw.double() - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
 @pytest.mark.parametrize("reduction", [Reduction("splitk", splits=7, seed=3),
                                        Reduction("splitk", splits=4, granularity="element", accumulate="bf16", seed=8),
                                        Reduction("fixed", splits=5)], ids=lambda r: r.describe())
