@@ -21,10 +21,10 @@ Each thread keeps scratch memory for what its blocks write and read before they 
 
 Blocks run their Python on the workers in turn, under the GIL. Every torch view, transpose or
 allocation with a shape releases the GIL and takes it back, and taking it back waits while
-another worker runs Python: blocks of the quick net's split-K convolutions, some 20 such calls
-each, ran 1.4-1.6x slower side by side than alone. Inside a block, tensors are therefore shaped
-and allocated through numpy (`shaped`, `fresh`), which keeps the GIL, so that a block lets it go
-only for its compiled loops and its matmuls or convolutions.
+another worker runs Python: two blocks of the quick net's split-K convolutions, some 20 such
+calls each, ran 1.3-2.5x slower side by side than alone. Inside a block, tensors are therefore
+shaped and allocated through numpy (`shaped`, `fresh`), which keeps the GIL, so that a block lets
+it go only for its compiled loops and its matmuls or convolutions (side by side, 1.0-1.3x).
 """
 from __future__ import annotations
 
