@@ -211,7 +211,7 @@ def _weight_grad(x, grad_out, kernel_size, stride, padding, reduction: Reduction
     x = round_operand(x, reduction.precision).contiguous()
     grad_out = round_operand(grad_out, reduction.precision).contiguous()
     # oneDNN's weight-gradient convolution costs more than the GEMM where its output outweighs its
-    # operand: 37-42 against 17-18 ms on ConstNet-16-10's stage 3 at batch 8 (cout 640, K 512)
+    # operand: 35-42 against 16-21 ms on ConstNet-16-10's stage 3 at batch 8 (cout 640, K 512)
     if x.device.type == "cpu" and cout < k and _torch_conv_applies(reduction, x, grad_out):
         runs = _conv_runs(batch, cout * n * k, most=_results_fitting(cout * n))
         shape = (cout, cin, kh, kw)
