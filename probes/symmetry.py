@@ -75,16 +75,18 @@ def row_similarity_mean(rows: torch.Tensor, kind: str = "cosine") -> float:
     """Mean of s(row_i, row_j) over ordered pairs i != j (see the module docstring)."""
     _check_kind(kind)
     rows = rows.to(torch.float64)
-    if not bool(torch.isfinite(rows).all()):
-        return math.nan
     n = rows.shape[0]
-    if n < 2 or bool((rows == rows[0]).all()):  # every pair alike, as below: exactly 1, at a fraction of the cost
-        return 1.0
     with one_thread():  # torch's float64 matmul and sums split their work by the thread count
         if kind == "pearson":
             rows = rows - rows.mean(dim=1, keepdim=True)
         gram = rows @ rows.T
-        norms = gram.diagonal().clamp_min(0).sqrt()
+        squares = gram.diagonal()
+        # an inf or NaN makes its row's sum of squares non-finite (finite rows overflow it only past 1e154)
+        if not bool(torch.isfinite(squares).all()) and not bool(torch.isfinite(rows).all()):
+            return math.nan
+        if n < 2 or torch.equal(rows, rows[:1].expand_as(rows)):  # every pair alike, as below: exactly 1
+            return 1.0
+        norms = squares.clamp_min(0).sqrt()
         outer = norms[:, None] * norms[None, :]
         # Equal rows are exactly alike: their quotient could round an ulp below 1 (a sum of squares
         # over the product of its square roots), which would read as broken symmetry.
