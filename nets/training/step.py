@@ -9,13 +9,15 @@ from torch import nn
 
 from kernels.dispatch import without_policy_mode
 
+from .sgd import SGD
 
-def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+
+def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> SGD:
     """SGD (no Nesterov) over every parameter."""
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+def train_step(model: nn.Module, optimizer: SGD, images: torch.Tensor, labels: torch.Tensor,
                scaler: torch.amp.GradScaler | None = None, autocast=nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, cross-entropy loss, backward and an optimizer step; returns (loss, logits).
 
@@ -39,7 +41,7 @@ def forward_backward(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     return loss, logits
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None) -> None:
+def optimizer_step(optimizer: SGD, scaler: torch.amp.GradScaler | None = None) -> None:
     """The optimizer's step on the gradients in .grad (unscaled and skipped on inf/NaN with a scaler).
 
     SGD's update runs no matmul or convolution, so it runs outside a policy mode around the step.
