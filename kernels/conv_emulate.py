@@ -44,7 +44,7 @@ from .operands_emulate import (OperandRuns, chunk_padded, output_grad_runs, outp
 from .order import chunk_bounds
 from .order_cpu import BlockOrder, Placement, batched_partials, partials_buffer, reduce_block
 from .reduction import Reduction
-from .workers_emulate import run_blocks, shaped, threads_to_workers
+from .workers_emulate import in_dtype, run_blocks, shaped, threads_to_workers
 
 # Sizes of the blocks of work, in multiply-adds and bytes. A torch convolution call costs as much
 # as tens of millions of multiply-adds before it starts, a matmul far fewer; a convolution split
@@ -141,8 +141,9 @@ def _chunked(operand: OperandRuns, weights, batch: int, pixels: int, reduction: 
     chunks = chunk_padded(weights, splits, dim=1).view(channels, splits, -1).transpose(0, 1)
 
     def block(b0, b1):
-        partials = batched_partials(chunks, operand.run(b0, b1), within_block=True)
-        reduce_block(shaped(partials, (splits, channels, b1 - b0, pixels)).to(acc_dtype), by_channel[:, b0:b1], order,
+        partials = shaped(batched_partials(chunks, operand.run(b0, b1), within_block=True),
+                          (splits, channels, b1 - b0, pixels))
+        reduce_block(in_dtype(partials, acc_dtype), by_channel[:, b0:b1], order,
                      Placement((0, 1, 0, 0), (b0 * pixels, 0, pixels, 1)))
 
     count = _run_count(batch * channels * k * pixels, 4 * batch * (splits * channels + k) * pixels, conv=False)
@@ -269,7 +270,8 @@ def _weight_grad_pieces(x, grads, kernel_size, stride, padding, reduction: Reduc
                     partials[s] = products[i, r0:r1]
                 else:
                     partials[s] += products[i, r0:r1]
-        reduce_block(partials.to(acc_dtype)[:, None], out[None, r0:r1], order, Placement((r0, 0, 1, 0), (0, 0, 0, 1)))
+        reduce_block(in_dtype(partials, acc_dtype)[:, None], out[None, r0:r1], order,
+                     Placement((r0, 0, 1, 0), (0, 0, 0, 1)))
 
     def finish():  # in row blocks whose pieces fit in cache, of at least SUM_ELEMENTS elements each
         count = min(-(-4 * len(pieces) * cout * n // CACHE_BYTES), -(-cout * n // SUM_ELEMENTS))

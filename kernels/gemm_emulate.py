@@ -25,7 +25,7 @@ from .formats import ACCUMULATE_DTYPES, add_rounded, round_operand
 from .order import chunk_bounds, chunk_order, order_index
 from .order_cpu import BlockOrder, Placement, batched_partials, partials_buffer, reduce_block
 from .reduction import Reduction
-from .workers_emulate import run_blocks, threads_to_workers
+from .workers_emulate import in_dtype, run_blocks, threads_to_workers
 
 TILE_ROWS, TILE_COLS = 256, 512  # largest tile: enough tiles to share, b's column slice stays in cache
 TILE_BYTES = 1 << 21  # the chunk partials of one tile fit in one core's L2 cache
@@ -101,7 +101,7 @@ def tile_blocks(a, b, reduction: Reduction, order: BlockOrder, out: torch.Tensor
             partials = partials_buffer(len(bounds), (r1 - r0, c1 - c0), a.dtype, within_block=True)
             for s, (lo, hi) in enumerate(bounds):
                 torch.mm(a[r0:r1, lo:hi], b[lo:hi, c0:c1], out=partials[s])
-        reduce_block(partials.to(acc_dtype)[:, None], out[None, r0:r1, c0:c1], order,
+        reduce_block(in_dtype(partials, acc_dtype)[:, None], out[None, r0:r1, c0:c1], order,
                      Placement((r0, 0, 1, 0), (c0, 0, 0, 1)))
 
     stored = 0 if direct else len(bounds) + (acc_dtype != a.dtype)

@@ -264,9 +264,16 @@ def _gather_block(partials, starts, table_rows, out):  # pragma: no cover - comp
 
 @numba.njit(cache=True, nogil=True)
 def _sum_in_order(partials, starts, where, out):  # pragma: no cover - compiled
-    """_sum_block with the table rows of the elements `where` (_table_rows' arguments) laid out
-    as `out`: one compiled call, which lets the GIL go once."""
-    _sum_block(partials, starts, _table_rows(*where).reshape(out.shape), out)
+    """_sum_block with the table rows of the elements `where` (_table_rows' arguments): one
+    compiled call, which lets the GIL go once. An `out` with lines shorter than SIDE_BY_SIDE
+    (any strides) is summed as one contiguous line, then copied into place."""
+    table_rows = _table_rows(*where)
+    if out.shape[2] >= SIDE_BY_SIDE:
+        _sum_block(partials, starts, table_rows.reshape(out.shape), out)
+        return
+    line = np.empty((1, 1, out.size), dtype=out.dtype)
+    _sum_block(partials, starts, table_rows.reshape(line.shape), line)
+    out[:, :, :] = line.reshape(out.shape)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -322,13 +329,12 @@ def reduce_block(partials: torch.Tensor, out: torch.Tensor, order: BlockOrder, p
     elif partials.device.type != "cpu":
         ids = chunk_order(order.key, _block_index(out.shape, place, order, out.device), order.splits)
         _add_in_sequence(torch.gather(partials, 0, ids), order.sequence, out)
-    elif partials.dtype in SUMMABLE_DTYPES:
-        # into `out` itself where the sum can run along its lines, else through a contiguous copy
-        direct = out.dtype == partials.dtype and (out.is_contiguous() or out.shape[-1] >= SIDE_BY_SIDE)
-        target = out.numpy() if direct else np.empty(out.shape, numpy_dtype(partials.dtype))
+    elif partials.dtype in SUMMABLE_DTYPES and out.dtype == partials.dtype:
+        _compiled(_sum_in_order, _planes(partials), out.numpy(), order, place)
+    elif partials.dtype in SUMMABLE_DTYPES:  # then rounded once into out's dtype
+        target = np.empty(out.shape, numpy_dtype(partials.dtype))
         _compiled(_sum_in_order, _planes(partials), target, order, place)
-        if not direct:
-            out.copy_(torch.from_numpy(target))
+        out.copy_(torch.from_numpy(target))
     else:
         bits = _planes(partials).view(_BIT_VIEWS[partials.element_size()])
         ordered = torch.empty(partials.shape, dtype=bits.dtype)
