@@ -12,6 +12,7 @@ deterministic), and for --reduction native only with --native-deterministic (the
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -127,6 +128,21 @@ def prepare_cuda_environment(numerics: Numerics, device: torch.device) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
 
 
+def _deterministic_algorithms(mode: bool, warn_only: bool = False) -> None:
+    """torch.use_deterministic_algorithms(mode, warn_only=warn_only) for eager torch.
+
+    torch's function also sets the flag of torch._inductor, importing its configuration to do so:
+    1.4-1.6 s of a run's start on the 2-core CPU machine, for a compiler no run uses. Until
+    something else has imported it, torch's own setter of the eager flag is called alone; once
+    it is imported, torch's function sets both.
+    """
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if "torch._inductor.config" in sys.modules or setter is None:
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+    else:
+        setter(mode, warn_only=warn_only)
+
+
 @contextmanager
 def torch_switches(numerics: Numerics, device: torch.device):
     """Set torch's determinism and TF32 switches for the run; restore the previous ones after.
@@ -142,7 +158,7 @@ def torch_switches(numerics: Numerics, device: torch.device):
         torch.backends.cudnn.allow_tf32,
         torch.backends.cuda.matmul.allow_tf32,
     )
-    torch.use_deterministic_algorithms(numerics.deterministic_torch)
+    _deterministic_algorithms(numerics.deterministic_torch)
     # Deterministic mode would also fill every torch.empty with NaN (a check for reads of
     # uninitialised memory, not a part of determinism); that costs a pass over every buffer
     # the emulated reductions allocate, so it stays off.
@@ -155,7 +171,7 @@ def torch_switches(numerics: Numerics, device: torch.device):
         with threads_to_workers() if numerics.backend == "emulate" else nullcontext():
             yield
     finally:
-        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        _deterministic_algorithms(saved[0], warn_only=saved[1])
         (torch.utils.deterministic.fill_uninitialized_memory, torch.backends.cudnn.deterministic,
          torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
          torch.backends.cuda.matmul.allow_tf32) = saved[2:]
