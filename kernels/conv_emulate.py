@@ -12,7 +12,9 @@ parallel on single-threaded workers (kernels.workers_emulate), and a finishing s
   several chunks        the forward and the input gradient by runs of images: the run's
                         operand (kernels.operands_emulate) times each chunk of the weights,
                         one batched matmul over both padded chunk by chunk, the partials
-                        added in their order straight into the output; the
+                        added in their order straight into the output (in fp32 the three
+                        in one compiled call, kernels.loops_cpu, which lets the GIL go
+                        once; the matmul is torch.bmm's own MKL call); the
                         weight gradient by pieces of each chunk's (image, pixel) range, the
                         pieces of a chunk added in piece order, then the chunks in theirs;
                         or, where the chunk partials of the whole output would outweigh the
@@ -42,7 +44,9 @@ from .formats import ACCUMULATE_DTYPES, round_operand
 from .operands_emulate import (OperandRuns, chunk_padded, output_grad_runs, output_grad_taps, output_size, patch_matrix,
                                patch_runs)
 from .order import chunk_bounds
-from .order_cpu import BlockOrder, Placement, batched_partials, partials_buffer, reduce_block
+from .loops_cpu import _products_in_order
+from .order_cpu import (BlockOrder, Placement, batched_partials, compiled_matmul_applies, in_order_arguments,
+                        partials_arrays, partials_buffer, reduce_block)
 from .reduction import Reduction
 from .workers_emulate import in_dtype, run_blocks, shaped, threads_to_workers
 
@@ -139,15 +143,28 @@ def _chunked(operand: OperandRuns, weights, batch: int, pixels: int, reduction: 
     acc_dtype = ACCUMULATE_DTYPES[reduction.accumulate]
     order = BlockOrder(splits, gemm_emulate.call_key(reduction, key), reduction.granularity, batch * pixels)
     chunks = chunk_padded(weights, splits, dim=1).view(channels, splits, -1).transpose(0, 1)
+    runs = _runs(batch, _run_count(batch * channels * k * pixels, 4 * batch * (splits * channels + k) * pixels,
+                                   conv=False))
+    # fp32 partials added in each element's order into an fp32 result: a block can be one call
+    one_call = order.per_element and chunks.dtype == acc_dtype == out_dtype == torch.float32
+    in_one_call = {cols for cols in {(b1 - b0) * pixels for b0, b1 in runs}
+                   if one_call and compiled_matmul_applies(chunks, cols)}
+    chunks_array, by_channel_array = (chunks.numpy(), by_channel.numpy()) if in_one_call else (None, None)
 
     def block(b0, b1):
+        place = Placement((0, 1, 0, 0), (b0 * pixels, 0, pixels, 1))
+        if (b1 - b0) * pixels in in_one_call:
+            source, index, targets, columns = operand.gather(b0, b1)
+            partials = partials_arrays(splits, (channels, columns.shape[2]), torch.float32, within_block=True)
+            _products_in_order(source, index, targets, chunks_array, columns, partials.planes,
+                               *in_order_arguments(partials.flat, partials.plane, (channels, b1 - b0, pixels),
+                                                   by_channel_array[:, b0:b1], order, place))
+            return
         partials = shaped(batched_partials(chunks, operand.run(b0, b1), within_block=True),
                           (splits, channels, b1 - b0, pixels))
-        reduce_block(in_dtype(partials, acc_dtype), by_channel[:, b0:b1], order,
-                     Placement((0, 1, 0, 0), (b0 * pixels, 0, pixels, 1)))
+        reduce_block(in_dtype(partials, acc_dtype), by_channel[:, b0:b1], order, place)
 
-    count = _run_count(batch * channels * k * pixels, 4 * batch * (splits * channels + k) * pixels, conv=False)
-    return _Role([lambda r=r: block(*r) for r in _runs(batch, count)], lambda: out)
+    return _Role([lambda r=r: block(*r) for r in runs], lambda: out)
 
 
 def _forward(x, w, stride, padding, reduction: Reduction, out_dtype) -> _Role:

@@ -3,9 +3,9 @@
 kernels.conv specifies each role as a GEMM; these build its right-hand operand for a run of
 images: the im2col of the input (forward, and the weight gradient's transposed operand) and
 the taps of the output gradient (input gradient). On the CPU each row is one compiled gather
-(numba, GIL released) from a copy of one channel of the run's images, through an index of source
-positions that depends on the layer's geometry alone (computed once per geometry); elsewhere one
-strided copy per tap. The Triton implicit-GEMM kernels read the same matrices by address
+(kernels.loops_cpu, GIL released) from a copy of one channel of the run's images, through an
+index of source positions that depends on the layer's geometry alone (computed once per
+geometry); elsewhere one strided copy per tap. The Triton implicit-GEMM kernels read the same matrices by address
 arithmetic instead.
 """
 from __future__ import annotations
@@ -13,15 +13,15 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
-import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .geometry import conv_output_size
+from .loops_cpu import _gather_taps, _tap_index
 from .order import chunk_bounds
 from .order_cpu import index_dtype
-from .workers_emulate import fresh
+from .workers_emulate import numpy_dtype
 
 
 def output_size(input_size, kernel_size, stride, padding) -> tuple[int, int]:
@@ -57,57 +57,10 @@ class _Axis(NamedTuple):
     divisor: int
 
 
-@numba.njit(cache=True, inline="always")
-def _source_position(t, tap, axis):  # pragma: no cover - compiled
-    """Source position of target position t with tap `tap` along `axis`, or -1 where there is none."""
-    target, source, scale, offset, sign, divisor = axis
-    numerator = t * scale + offset + sign * tap
-    if numerator < 0 or numerator % divisor != 0 or numerator // divisor >= source:
-        return -1
-    return numerator // divisor
 
 
-@numba.njit(cache=True, nogil=True)
-def _tap_index(kh, kw, batch, rows, cols):  # pragma: no cover - compiled
-    """For each tap (ky, kx) and target column (b, y, x): 1 + the source's flat (b, sy, sx), or 0
-    (the zero kept in front of every source plane) where the tap reads nothing."""
-    plane, targets = rows[1] * cols[1], rows[0] * cols[0]
-    index = np.empty((kh * kw, batch * targets), dtype=np.int64)
-    for ky in range(kh):
-        for kx in range(kw):
-            line = index[ky * kw + kx]
-            for y in range(rows[0]):
-                sy = _source_position(y, ky, rows)
-                for x in range(cols[0]):
-                    sx = _source_position(x, kx, cols)
-                    line[y * cols[0] + x] = 0 if sy < 0 or sx < 0 else 1 + sy * cols[1] + sx
-            for b in range(1, batch):
-                for j in range(targets):
-                    line[b * targets + j] = line[j] + b * plane if line[j] > 0 else 0
-    return index
 
 
-@numba.njit(cache=True, nogil=True)
-def _gather_taps(source, index, targets, out):  # pragma: no cover - compiled
-    """out[targets[c * taps + t], i] = plane(c)[index[t, i]], where plane(c) is a zero followed by
-    channel c of every image of `source` (images, channels, pixels): one long gather per row of
-    the operand from a plane that stays in cache; every row of `out` no target names is zero."""
-    images, channels, pixels = source.shape
-    taps = index.shape[0]
-    plane = np.empty(1 + images * pixels, dtype=source.dtype)
-    plane[0] = 0
-    written = np.zeros(out.shape[0], dtype=np.bool_)
-    for c in range(channels):
-        for b in range(images):
-            plane[1 + b * pixels:1 + (b + 1) * pixels] = source[b, c]
-        for t in range(taps):
-            row = targets[c * taps + t]
-            line, positions, written[row] = out[row], index[t], True
-            for i in range(line.shape[0]):
-                line[i] = plane[positions[i]]
-    for row in range(out.shape[0]):
-        if not written[row]:
-            out[row] = 0
 
 
 @functools.lru_cache(maxsize=64)
@@ -138,12 +91,18 @@ class OperandRuns:
         k = src.shape[1] * self.kernel_size[0] * self.kernel_size[1]
         self.splits, self.longest, self.targets = splits, -(-k // splits), chunk_rows(k, splits)
 
+    def gather(self, b0: int, b1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """_gather_taps' arguments for the columns of images [b0, b1): (source, index, targets, an
+        empty (splits, ceil(K / splits), (b1 - b0) * pixels) array for the columns)."""
+        index = _cached_tap_index(self.kernel_size, b1 - b0, self.rows, self.cols)
+        columns = np.empty((self.splits, self.longest, index.shape[1]), numpy_dtype(self.dtype))
+        return self.source[b0:b1], index, self.targets, columns
+
     def run(self, b0: int, b1: int) -> torch.Tensor:
         """(splits, ceil(K / splits), (b1 - b0) * pixels): the columns of images [b0, b1)."""
-        index = _cached_tap_index(self.kernel_size, b1 - b0, self.rows, self.cols)
-        out = fresh((self.splits, self.longest, index.shape[1]), self.dtype)
-        _gather_taps(self.source[b0:b1], index, self.targets, out.numpy().reshape(self.splits * self.longest, -1))
-        return out
+        source, index, targets, columns = self.gather(b0, b1)
+        _gather_taps(source, index, targets, columns.reshape(self.splits * self.longest, -1))
+        return torch.from_numpy(columns)
 
 
 def chunk_padded(matrix: torch.Tensor, splits: int, dim: int = 0) -> torch.Tensor:

@@ -6,36 +6,33 @@ c*mc and n = n0 + a*na + b*nb + c*nc (a tile of rows and columns, or a run of im
 convolution laid out as (channel, image, pixel) or (image, channel, pixel)).
 `reduce_block` adds them as kernels.order defines it: in index order (fixed mode), in one order
 for every element (granularity "call"), or in each tile's or element's own order. The
-per-element orders are applied by a compiled pass (numba, GIL released, serial: one block per
-worker of kernels.workers_emulate) that hashes each element and adds its partials in its order
+per-element orders are applied by a compiled pass (kernels.loops_cpu; GIL released, serial: one
+block per worker of kernels.workers_emulate) that hashes each element and adds its partials in its order
 (fp32, fp64), or gathers them into their order on the raw bits (fp16, bf16) for torch to add
 position by position with one rounding per addition. Off the CPU, kernels.order.chunk_order
-gives the same orders. `partials_buffer` and `batched_partials` lay a block's partials out for
-the compiled pass: each chunk's plane contiguous, wide ones with a gap between planes.
+gives the same orders. `partials_arrays`, `partials_buffer` and `batched_partials` lay a block's
+partials out for the compiled pass: each chunk's plane contiguous, wide ones with a gap between
+planes; `compiled_matmul_applies` says where a compiled call may form them as torch.bmm does.
 """
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from typing import NamedTuple
 
-import numba
 import numpy as np
 import torch
 
 from .formats import add_rounded
-from .order import (FMIX_C1, FMIX_C2, GOLDEN, GRANULARITY_CODES, MASK32, ORDER_TILE, PERMUTATIONS,
-                    chunk_order)
-from .workers_emulate import fresh, numpy_dtype, scratch
+from .loops_cpu import MKL_BATCHED_GEMM, _batched_matmul, _gather_in_order, _permutation_table, _sum_in_order
+from .order import GRANULARITY_CODES, MASK32, ORDER_TILE, chunk_order
+from .workers_emulate import numpy_dtype, scratch
 
 _BIT_VIEWS = {8: torch.int64, 4: torch.int32, 2: torch.int16}
 # Formats whose additions numba performs in the format itself (IEEE, round to nearest even).
 SUMMABLE_DTYPES = (torch.float32, torch.float64)
-COUNTING_SORT_MAX = 512  # permutation rows up to this long are ranked by counting, longer ones by argsort
-
-
 NARROW_INDEX_LIMIT = 2**32
-SIDE_BY_SIDE = 8  # elements whose ordered sums _sum_block runs together
 # Wide partials (more than GAP_SPLITS chunks, planes of GAP_PLANE elements or more) get a gap of
 # PLANE_GAP_BYTES, an odd number of cache lines, about half a page, between their planes. Planes a
 # multiple of 4 KiB apart share cache sets, and 32 of them thrash a core's L1 cache: with the gap
@@ -97,23 +94,34 @@ def _wide(splits: int, plane: int) -> bool:
     return splits > GAP_SPLITS and plane >= GAP_PLANE
 
 
+class Partials(NamedTuple):
+    """Empty memory for chunk partials: `planes` (splits, *shape), each contiguous, lying in
+    `flat` at offsets s * `plane`."""
+
+    planes: np.ndarray
+    flat: np.ndarray
+    plane: int
+
+
+def partials_arrays(splits: int, shape: tuple, dtype: torch.dtype, within_block: bool = False) -> Partials:
+    """Memory for (splits, *shape) chunk partials, that reduce_block reads in place. Wide partials
+    (see GAP_SPLITS) have gapped planes and, used `within_block` (done with before the block of
+    work ends), lie in this thread's scratch memory (kernels.workers_emulate.scratch): the 32-chunk
+    step ran 9 % faster than with fresh memory. Narrower ones are fresh memory, returned between
+    calls: no slower, and the 8-chunk step's peak memory stays at its bound."""
+    plane, item = math.prod(shape), numpy_dtype(dtype)
+    if not _wide(splits, plane):
+        flat = np.empty(splits * plane, item)
+        return Partials(flat.reshape(splits, *shape), flat, plane)
+    step = plane + PLANE_GAP_BYTES // item.itemsize
+    flat = (scratch(splits * step * item.itemsize).view(item) if within_block else np.empty(splits * step, item))
+    inner = [item.itemsize * math.prod(shape[d + 1:]) for d in range(len(shape))]
+    return Partials(np.lib.stride_tricks.as_strided(flat, (splits, *shape), (step * item.itemsize, *inner)), flat, step)
+
+
 def partials_buffer(splits: int, shape: tuple, dtype: torch.dtype, within_block: bool = False) -> torch.Tensor:
-    """An empty (splits, *shape) CPU tensor for chunk partials, each plane contiguous, that
-    reduce_block reads in place. Wide partials (see GAP_SPLITS) have gapped planes and, used
-    `within_block` (done with before the block of work ends), lie in this thread's scratch memory
-    (kernels.workers_emulate.scratch): the 32-chunk step ran 9 % faster than with fresh memory.
-    Narrower ones are fresh memory, returned between calls: no slower, and the 8-chunk step's
-    peak memory stays at its bound."""
-    plane = math.prod(shape)
-    wide = _wide(splits, plane)
-    if not wide:
-        return fresh((splits, *shape), dtype)
-    item = dtype.itemsize
-    step = plane + PLANE_GAP_BYTES // item
-    storage = (scratch(splits * step * item).view(numpy_dtype(dtype)) if within_block
-               else np.empty(splits * step, numpy_dtype(dtype)))
-    inner = [item * math.prod(shape[d + 1:]) for d in range(len(shape))]
-    return torch.from_numpy(np.lib.stride_tricks.as_strided(storage, (splits, *shape), (step * item, *inner)))
+    """partials_arrays' planes as a CPU tensor."""
+    return torch.from_numpy(partials_arrays(splits, shape, dtype, within_block).planes)
 
 
 def batched_partials(left: torch.Tensor, right: torch.Tensor, within_block: bool = False) -> torch.Tensor:
@@ -124,6 +132,26 @@ def batched_partials(left: torch.Tensor, right: torch.Tensor, within_block: bool
     if not _wide(splits, rows * cols):
         return torch.bmm(left, right)
     return torch.bmm(left, right, out=partials_buffer(splits, (rows, cols), left.dtype, within_block))
+
+
+def compiled_matmul_applies(left: torch.Tensor, cols: int) -> bool:
+    """Whether loops_cpu._batched_matmul gives the bits of batched_partials(left, right) for a
+    contiguous right operand (splits, K, cols), into a partials_buffer: fp32, a left operand
+    with unit column strides, and the two compared once for its shape and strides on random
+    operands (torch.bmm multiplies tiny products with its own loops)."""
+    return (MKL_BATCHED_GEMM and left.dtype == torch.float32 and left.stride(2) == 1
+            and _compiled_matmul_matches(tuple(left.shape), tuple(left.stride()), cols))
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_matmul_matches(shape: tuple, strides: tuple, cols: int) -> bool:
+    generator = torch.Generator().manual_seed(shape[0] * cols)
+    span = 1 + sum((size - 1) * stride for size, stride in zip(shape, strides))
+    left = torch.randn(span, generator=generator).as_strided(shape, strides)
+    right = torch.randn(shape[0], shape[2], cols, generator=generator)
+    product = partials_buffer(shape[0], (shape[1], cols), torch.float32)
+    _batched_matmul(left.numpy(), right.numpy(), product.numpy())
+    return torch.equal(product, batched_partials(left, right))
 
 
 def _planes(partials: torch.Tensor) -> torch.Tensor:
@@ -142,144 +170,20 @@ def _flat(partials: torch.Tensor) -> np.ndarray:
     return np.lib.stride_tricks.as_strided(partials.numpy(), (span,), (partials.element_size(),))
 
 
-@numba.njit(cache=True, inline="always")
-def _fmix32(x):  # pragma: no cover - compiled
-    """kernels.order.fmix32 on a uint32."""
-    x ^= x >> np.uint32(16)
-    x = np.uint32(x * np.uint32(FMIX_C1))
-    x ^= x >> np.uint32(13)
-    x = np.uint32(x * np.uint32(FMIX_C2))
-    return x ^ (x >> np.uint32(16))
 
 
-@numba.njit(cache=True)
-def _permutation_table(key, splits):  # pragma: no cover - compiled
-    """kernels.order.permutation_table, as int32: each row sorts the chunk ids by (rank, id)."""
-    table = np.empty((PERMUTATIONS, splits), dtype=np.int32)
-    ranks = np.empty(splits, dtype=np.int64)
-    for t in range(PERMUTATIONS):
-        row_salt = _fmix32(np.uint32(key) ^ np.uint32(((t + 1) * GOLDEN) & MASK32))
-        for s in range(splits):
-            ranks[s] = np.int64(_fmix32(row_salt ^ np.uint32((s * GOLDEN) & MASK32))) * splits + s
-        if splits > COUNTING_SORT_MAX:
-            table[t] = np.argsort(ranks)
-            continue
-        for s in range(splits):  # the ranks are distinct: s goes where the smaller ones end
-            place = 0
-            for other in range(splits):
-                place += ranks[other] < ranks[s]
-            table[t, place] = s
-    return table
 
 
-@numba.njit(cache=True, nogil=True)
-def _table_rows(shape, key, granularity, rows, cols, n_total):  # pragma: no cover - compiled
-    """Row of the permutation table that orders each element (a, b, c) of an (A, B, C) block
-    (kernels.order), a pass of its own, which the compiler vectorises, rather than a hash inside
-    the additions' loop. Along c the element's order index (m * n_total + n, modulo 2**32) grows
-    by a fixed step, so the inner loop is one multiply-add and the hash."""
-    table_rows = np.empty(shape, dtype=np.uint8)
-    tiles_n = (n_total + ORDER_TILE - 1) // ORDER_TILE
-    for a in range(shape[0]):
-        for b in range(shape[1]):
-            m0 = rows[0] + a * rows[1] + b * rows[2]
-            n0 = cols[0] + a * cols[1] + b * cols[2]
-            line = table_rows[a, b]
-            if granularity == 1:
-                for c in range(shape[2]):
-                    index = ((m0 + c * rows[3]) // ORDER_TILE) * tiles_n + (n0 + c * cols[3]) // ORDER_TILE
-                    line[c] = _fmix32(np.uint32(index & MASK32) ^ key) % np.uint32(PERMUTATIONS)
-                continue
-            base = np.uint32((m0 * n_total + n0) & MASK32)
-            step = np.uint32((rows[3] * n_total + cols[3]) & MASK32)
-            for c in range(shape[2]):
-                line[c] = _fmix32(np.uint32(base + np.uint32(c) * step) ^ key) % np.uint32(PERMUTATIONS)
-    return table_rows
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _term(partials, offsets, position, element):  # pragma: no cover - compiled
-    """The partial of the flat `element` that its order adds at `position`."""
-    return partials[offsets[position] + np.uint64(element)]
 
 
-@numba.njit(cache=True, nogil=True)
-def _sum_block(partials, starts, table_rows, out):  # pragma: no cover - compiled
-    """out[a, b, c]: element (a, b, c)'s partials added in its order. `partials` is the flat
-    storage of the (splits, A, B, C) partials and starts[row] the offsets of their planes in
-    row's order, so each addition is one load at a precomputed offset. One element's additions
-    form a chain, each waiting on the one before; SIDE_BY_SIDE (8) elements along c are summed
-    together, each in its own order as before, so that their chains overlap (training steps
-    with 8 and 32 chunks ran 0-9 % faster)."""
-    extent_a, extent_b, extent_c = out.shape
-    splits = starts.shape[1]
-    side_by_side = extent_c - extent_c % SIDE_BY_SIDE
-    element = 0
-    for a in range(extent_a):
-        for b in range(extent_b):
-            rows, line = table_rows[a, b], out[a, b]
-            for c in range(0, side_by_side, SIDE_BY_SIDE):
-                e = element + c
-                o0, o1, o2, o3 = starts[rows[c]], starts[rows[c + 1]], starts[rows[c + 2]], starts[rows[c + 3]]
-                o4, o5, o6, o7 = starts[rows[c + 4]], starts[rows[c + 5]], starts[rows[c + 6]], starts[rows[c + 7]]
-                s0, s1, s2, s3 = (_term(partials, o0, 0, e), _term(partials, o1, 0, e + 1),
-                                  _term(partials, o2, 0, e + 2), _term(partials, o3, 0, e + 3))
-                s4, s5, s6, s7 = (_term(partials, o4, 0, e + 4), _term(partials, o5, 0, e + 5),
-                                  _term(partials, o6, 0, e + 6), _term(partials, o7, 0, e + 7))
-                for p in range(1, splits):
-                    s0 += _term(partials, o0, p, e)
-                    s1 += _term(partials, o1, p, e + 1)
-                    s2 += _term(partials, o2, p, e + 2)
-                    s3 += _term(partials, o3, p, e + 3)
-                    s4 += _term(partials, o4, p, e + 4)
-                    s5 += _term(partials, o5, p, e + 5)
-                    s6 += _term(partials, o6, p, e + 6)
-                    s7 += _term(partials, o7, p, e + 7)
-                line[c], line[c + 1], line[c + 2], line[c + 3] = s0, s1, s2, s3
-                line[c + 4], line[c + 5], line[c + 6], line[c + 7] = s4, s5, s6, s7
-            for c in range(side_by_side, extent_c):
-                offsets = starts[rows[c]]
-                running = _term(partials, offsets, 0, element + c)
-                for p in range(1, splits):
-                    running += _term(partials, offsets, p, element + c)
-                line[c] = running
-            element += extent_c
 
 
-@numba.njit(cache=True, nogil=True)
-def _gather_block(partials, starts, table_rows, out):  # pragma: no cover - compiled
-    """out[position, a, b, c]: element (a, b, c)'s partials in its order (flat partials and plane
-    offsets as for _sum_block)."""
-    extent_a, extent_b, extent_c = table_rows.shape
-    splits = starts.shape[1]
-    element = np.uint64(0)
-    for a in range(extent_a):
-        for b in range(extent_b):
-            for c in range(extent_c):
-                offsets = starts[table_rows[a, b, c]]
-                for position in range(splits):
-                    out[position, a, b, c] = partials[offsets[position] + element]
-                element += np.uint64(1)
 
 
-@numba.njit(cache=True, nogil=True)
-def _sum_in_order(partials, starts, where, out):  # pragma: no cover - compiled
-    """_sum_block with the table rows of the elements `where` (_table_rows' arguments): one
-    compiled call, which lets the GIL go once. An `out` with lines shorter than SIDE_BY_SIDE
-    (any strides) is summed as one contiguous line, then copied into place."""
-    table_rows = _table_rows(*where)
-    if out.shape[2] >= SIDE_BY_SIDE:
-        _sum_block(partials, starts, table_rows.reshape(out.shape), out)
-        return
-    line = np.empty((1, 1, out.size), dtype=out.dtype)
-    _sum_block(partials, starts, table_rows.reshape(line.shape), line)
-    out[:, :, :] = line.reshape(out.shape)
 
 
-@numba.njit(cache=True, nogil=True)
-def _gather_in_order(partials, starts, where, out):  # pragma: no cover - compiled
-    """_gather_block with the table rows of the elements `where` laid out as out[0], in one call."""
-    _gather_block(partials, starts, _table_rows(*where).reshape(out.shape[1:]), out)
 
 
 def _block_index(shape, place: Placement, order: BlockOrder, device) -> torch.Tensor:
@@ -307,14 +211,22 @@ def _add_in_sequence(partials: torch.Tensor, sequence: list[int], out: torch.Ten
     out.copy_(total)
 
 
-def _compiled(kernel, partials: torch.Tensor, out: np.ndarray, order: BlockOrder, place: Placement) -> None:
-    """Run `kernel` (_sum_in_order, _gather_in_order) on `partials` (splits, A, B, C; each plane
-    contiguous); a contiguous `out` is passed as one line (A, B, C) = (1, 1, A*B*C)."""
-    where = (tuple(partials.shape[1:]), np.uint32(order.key), GRANULARITY_CODES[order.granularity],
+def in_order_arguments(flat: np.ndarray, plane: int, shape: tuple, out: np.ndarray, order: BlockOrder,
+                       place: Placement) -> tuple:
+    """The arguments (flat partials, plane offsets, where, out) of the compiled passes
+    (_sum_in_order, _gather_in_order) for partials of blocks shaped `shape` (A, B, C) lying in
+    `flat` `plane` elements apart; a contiguous `out` is passed as one line (1, 1, A*B*C)."""
+    where = (shape, np.uint32(order.key), GRANULARITY_CODES[order.granularity],
              np.array(place.rows, dtype=np.int64), np.array(place.cols, dtype=np.int64), order.n_total)
     if out.flags.c_contiguous:
         out = out.reshape(*out.shape[:-3], 1, 1, -1)
-    kernel(_flat(partials), order.starts(partials.stride(0)), where, out)
+    return flat, order.starts(plane), where, out
+
+
+def _compiled(kernel, partials: torch.Tensor, out: np.ndarray, order: BlockOrder, place: Placement) -> None:
+    """Run `kernel` (_sum_in_order, _gather_in_order) on `partials` (splits, A, B, C; each plane
+    contiguous) into `out`."""
+    kernel(*in_order_arguments(_flat(partials), partials.stride(0), tuple(partials.shape[1:]), out, order, place))
 
 
 def reduce_block(partials: torch.Tensor, out: torch.Tensor, order: BlockOrder, place: Placement) -> None:

@@ -23,9 +23,9 @@ Blocks run their Python on the workers in turn, under the GIL. Every torch view,
 allocation with a shape releases the GIL and takes it back, and taking it back waits while
 another worker runs Python: two blocks of the quick net's split-K convolutions, some 20 such
 calls each, ran 1.3-2.5x slower side by side than alone. Inside a block, tensors are therefore
-shaped and allocated through numpy (`shaped`, `fresh`), which keeps the GIL, and converted only where
-the dtype changes (`in_dtype`), so that a block lets it go only for its compiled loops and its
-matmuls or convolutions (side by side, 1.0-1.3x).
+shaped (`shaped`) and allocated by numpy, which keeps the GIL, and converted only where the dtype
+changes (`in_dtype`), so that a block lets it go only for its compiled loops and its matmuls or
+convolutions (side by side, 1.0-1.3x).
 """
 from __future__ import annotations
 
@@ -238,11 +238,6 @@ def release_scratch() -> None:
 def numpy_dtype(dtype: torch.dtype) -> np.dtype:
     """numpy's dtype for torch's `dtype` (one that numpy has)."""
     return torch.empty(0, dtype=dtype).numpy().dtype
-
-
-def fresh(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
-    """torch.empty(shape, dtype=dtype) on the CPU, allocated without letting the GIL go (see above)."""
-    return torch.from_numpy(np.empty(shape, numpy_dtype(dtype)))
 
 
 def in_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

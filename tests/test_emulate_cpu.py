@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from kernels import conv_emulate, gemm_emulate, operands_emulate, order_cpu
 from kernels.calls import counting
 from kernels.order import call_key, chunk_order, order_index, permutation_table
-from kernels.order_cpu import COUNTING_SORT_MAX, BlockOrder, Placement, _permutation_table, reduce_block
+from kernels.loops_cpu import COUNTING_SORT_MAX, MKL_BATCHED_GEMM, _batched_matmul, _permutation_table
+from kernels.order_cpu import BlockOrder, Placement, reduce_block
 from kernels.reduction import Reduction
-from kernels.workers_emulate import (INLINE_BLOCKS, SCRATCH_SHIFT_BYTES, fresh, release_scratch, run_blocks, scratch,
+from kernels.workers_emulate import (INLINE_BLOCKS, SCRATCH_SHIFT_BYTES, release_scratch, run_blocks, scratch,
                                      scratch_bytes, shaped, threads_to_workers)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -263,6 +264,7 @@ def test_the_compiled_loops_give_the_same_bits_with_wide_indices(generator, monk
 
     monkeypatch.setattr(order_cpu, "NARROW_INDEX_LIMIT", 0)
     monkeypatch.setattr(operands_emulate, "_gather_taps", spying(operands_emulate._gather_taps, 1))
+    monkeypatch.setattr(conv_emulate, "_products_in_order", spying(conv_emulate._products_in_order, 1))
     for name in ("_sum_in_order", "_gather_in_order"):
         monkeypatch.setattr(order_cpu, name, spying(getattr(order_cpu, name), 1))
     operands_emulate._cached_tap_index.cache_clear()
@@ -465,13 +467,63 @@ def test_a_block_lets_the_gil_go_only_for_its_heavy_calls():
     assert min(waits) < 16, f"the block waited for the GIL about {min(waits):.0f} switch intervals"
 
 
-def test_shaped_and_fresh_tensors_are_numpys_views():
-    base = fresh((4, 6), torch.float32)
-    assert base.shape == (4, 6) and base.dtype == torch.float32
+def test_shaped_tensors_are_numpys_views():
+    base = torch.empty(4, 6)
     view = shaped(base, (2, 2, 6))
     assert view.data_ptr() == base.data_ptr() and view.shape == (2, 2, 6)
     columns = shaped(base[:, :3], (2, 2, 3))  # rows 6 apart, three contiguous: still a view
     assert columns.data_ptr() == base.data_ptr() and columns.stride() == (12, 6, 1)
+
+
+needs_mkl = pytest.mark.skipif(not MKL_BATCHED_GEMM, reason="torch's library exports no MKL SGEMM_BATCH")
+
+
+@needs_mkl
+@pytest.mark.parametrize("splits,rows,inner,cols", [(8, 16, 18, 2048), (8, 64, 72, 128), (32, 64, 18, 256),
+                                                    (8, 32, 2, 1024), (33, 5, 7, 4096)])
+def test_the_compiled_matmul_is_torchs_bmm_bit_for_bit(generator, splits, rows, inner, cols):
+    """Into fresh partials and into gapped ones (more than GAP_SPLITS chunks of GAP_PLANE elements
+    or more), a left operand with rows apart (a view of padded chunks, as the roles pass it)."""
+    left = torch.randn(rows, splits * inner, generator=generator).view(rows, splits, inner).transpose(0, 1)
+    right = torch.randn(splits, inner, cols, generator=generator)
+    partials = order_cpu.partials_arrays(splits, (rows, cols), torch.float32)
+    _batched_matmul(left.numpy(), right.numpy(), partials.planes)
+    assert torch.equal(torch.from_numpy(partials.planes), torch.bmm(left, right))
+    assert order_cpu.compiled_matmul_applies(left, cols)
+
+
+@needs_mkl
+def test_the_compiled_matmul_is_not_used_where_torch_multiplies_otherwise(generator):
+    """torch.bmm forms tiny products with loops of its own (other bits), and the compiled call
+    takes left operands with unit column strides only."""
+    tiny = torch.randn(8, 3, 2, generator=generator)
+    assert not order_cpu.compiled_matmul_applies(tiny, 5)
+    by_columns = torch.randn(8, 72, 64, generator=generator).transpose(1, 2)
+    assert not order_cpu.compiled_matmul_applies(by_columns, 128)
+
+
+@needs_mkl
+@pytest.mark.parametrize("reduction", [Reduction("splitk", splits=8, seed=2), Reduction("splitk", splits=32, seed=3),
+                                       Reduction("splitk", splits=8, seed=4, granularity="tile")],
+                         ids=lambda r: r.describe())
+@pytest.mark.parametrize("shape,kernel,stride", [((64, 16, 8, 8), 3, 1), ((64, 32, 4, 4), 3, 2), ((64, 16, 8, 8), 1, 2)])
+def test_a_block_in_one_call_gives_the_bits_of_its_three(generator, monkeypatch, reduction, shape, kernel, stride):
+    """A split-K forward or input-gradient block gathers, multiplies and adds in one compiled call
+    where it can (the quick net's layers); the same bits as its three calls one after another."""
+    x = torch.randn(shape, generator=generator)
+    w = torch.randn(2 * shape[1], shape[1], kernel, kernel, generator=generator)
+    padding = kernel // 2
+    gy = torch.randn(shape[0], 2 * shape[1], *[(n + 2 * padding - kernel) // stride + 1 for n in shape[2:]],
+                     generator=generator)
+    calls = []
+    one_call = conv_emulate._products_in_order
+    monkeypatch.setattr(conv_emulate, "_products_in_order", lambda *args: (calls.append(1), one_call(*args)))
+    fused = emulated_roles(x, w, gy, stride, padding, reduction)
+    assert calls, "no block ran in one call"
+    monkeypatch.setattr(conv_emulate, "compiled_matmul_applies", lambda *args: False)
+    separate = emulated_roles(x, w, gy, stride, padding, reduction)
+    for role in ("forward", "input_grad"):
+        assert torch.equal(bits(fused[role]), bits(separate[role])), role
 
 
 def test_partials_buffers_are_gapped_only_when_wide():
