@@ -27,7 +27,7 @@ import torch
 from .formats import add_rounded
 from .loops_cpu import MKL_BATCHED_GEMM, _batched_matmul, _gather_in_order, _permutation_table, _sum_in_order
 from .order import GRANULARITY_CODES, MASK32, ORDER_TILE, chunk_order
-from .workers_emulate import numpy_dtype, scratch
+from .workers_emulate import ieee_fp32, numpy_dtype, one_thread, scratch
 
 _BIT_VIEWS = {8: torch.int64, 4: torch.int32, 2: torch.int16}
 # Formats whose additions numba performs in the format itself (IEEE, round to nearest even).
@@ -145,13 +145,15 @@ def compiled_matmul_applies(left: torch.Tensor, cols: int) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _compiled_matmul_matches(shape: tuple, strides: tuple, cols: int) -> bool:
+    """The comparison, with torch set as the blocks set it (one thread, IEEE fp32)."""
     generator = torch.Generator().manual_seed(shape[0] * cols)
     span = 1 + sum((size - 1) * stride for size, stride in zip(shape, strides))
     left = torch.randn(span, generator=generator).as_strided(shape, strides)
     right = torch.randn(shape[0], shape[2], cols, generator=generator)
     product = partials_buffer(shape[0], (shape[1], cols), torch.float32)
-    _batched_matmul(left.numpy(), right.numpy(), product.numpy())
-    return torch.equal(product, batched_partials(left, right))
+    with one_thread(), ieee_fp32():
+        _batched_matmul(left.numpy(), right.numpy(), product.numpy())
+        return torch.equal(product, batched_partials(left, right))
 
 
 def _planes(partials: torch.Tensor) -> torch.Tensor:

@@ -89,7 +89,7 @@ def _pool() -> _Pool:
         return _POOL
 
 
-class _IeeeFp32:
+class ieee_fp32:
     """torch's oneDNN matmul and convolution settings at IEEE fp32 for the block, then as they were."""
 
     __slots__ = ("changed",)
@@ -159,7 +159,7 @@ def run_blocks(blocks: Sequence[Callable[[], None]]) -> None:
     Blocks must write disjoint outputs; they are taken in list order by whichever worker is
     free. The first exception a block raises is raised here after all workers are done.
     """
-    with _IeeeFp32():
+    with ieee_fp32():
         _run(blocks)
 
 
