@@ -241,24 +241,26 @@ def _gather_taps(source, index, targets, out):  # pragma: no cover - compiled
 @numba.njit(cache=True, nogil=True)
 def _batched_matmul(a, b, c):  # pragma: no cover - compiled
     """c[i] = a[i] @ b[i] for fp32 matrices with unit column strides, as torch.bmm computes it:
-    MKL's column-major SGEMM_BATCH of c[i]^T = b[i]^T a[i]^T, one group of all i."""
+    MKL's column-major SGEMM_BATCH of c[i]^T = b[i]^T a[i]^T, one group of all i. Returns a
+    value read from the call's arguments after it: the call reads them by address, and numba,
+    which sees no use of them after their last read here, would otherwise free them before it."""
     batch, rows, inner = a.shape
-    cols = b.shape[2]
-    sizes = np.empty(6, dtype=np.int32)  # m, n, k, lda, ldb, ldc of the column-major call
-    sizes[0], sizes[1], sizes[2] = cols, rows, inner
+    sizes = np.empty(8, dtype=np.int32)  # m, n, k, lda, ldb, ldc of the call; one group of `batch`
+    sizes[0], sizes[1], sizes[2] = b.shape[2], rows, inner
     sizes[3], sizes[4], sizes[5] = b.strides[1] // 4, a.strides[1] // 4, c.strides[1] // 4
-    group = np.empty(2, dtype=np.int32)  # one group of `batch` products
-    group[0], group[1] = 1, batch
+    sizes[6], sizes[7] = 1, batch
     scalars = np.empty(2, dtype=np.float32)  # alpha, beta
     scalars[0], scalars[1] = 1.0, 0.0
     no_transpose = np.full(1, ord("N"), dtype=np.uint8)
     pointers = np.empty((3, batch), dtype=np.intp)
     for i in range(batch):
         pointers[0, i], pointers[1, i], pointers[2, i] = b[i].ctypes.data, a[i].ctypes.data, c[i].ctypes.data
-    _SGEMM_BATCH(no_transpose.ctypes.data, no_transpose.ctypes.data, sizes.ctypes.data, sizes[1:].ctypes.data,
-                 sizes[2:].ctypes.data, scalars.ctypes.data, pointers[0].ctypes.data, sizes[3:].ctypes.data,
-                 pointers[1].ctypes.data, sizes[4:].ctypes.data, scalars[1:].ctypes.data, pointers[2].ctypes.data,
-                 sizes[5:].ctypes.data, group.ctypes.data, group[1:].ctypes.data)
+    size, scalar, pointer = sizes.ctypes.data, scalars.ctypes.data, pointers.ctypes.data
+    flag, word, row = no_transpose.ctypes.data, sizes.itemsize, pointers.strides[0]
+    _SGEMM_BATCH(flag, flag, size, size + word, size + 2 * word, scalar, pointer, size + 3 * word, pointer + row,
+                 size + 4 * word, scalar + scalars.itemsize, pointer + 2 * row, size + 5 * word, size + 6 * word,
+                 size + 7 * word)
+    return sizes[7] + no_transpose[0] + scalars[1] + pointers[2, batch - 1]
 
 
 @numba.njit(cache=True, nogil=True)
