@@ -242,8 +242,8 @@ def _gather_taps(source, index, targets, out):  # pragma: no cover - compiled
 def _batched_matmul(a, b, c):  # pragma: no cover - compiled
     """c[i] = a[i] @ b[i] for fp32 matrices with unit column strides, as torch.bmm computes it:
     MKL's column-major SGEMM_BATCH of c[i]^T = b[i]^T a[i]^T, one group of all i. Returns a
-    value read from the call's arguments after it: the call reads them by address, and numba,
-    which sees no use of them after their last read here, would otherwise free them before it."""
+    value read from the call's arguments after it: the call reads them by address, which numba
+    does not see, and it may free an array after its last use."""
     batch, rows, inner = a.shape
     sizes = np.empty(8, dtype=np.int32)  # m, n, k, lda, ldb, ldc of the call; one group of `batch`
     sizes[0], sizes[1], sizes[2] = b.shape[2], rows, inner
