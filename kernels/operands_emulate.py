@@ -5,8 +5,8 @@ images: the im2col of the input (forward, and the weight gradient's transposed o
 the taps of the output gradient (input gradient). On the CPU each row is one compiled gather
 (kernels.loops_cpu, GIL released) from a copy of one channel of the run's images, through an
 index of source positions that depends on the layer's geometry alone (computed once per
-geometry); elsewhere one strided copy per tap. The Triton implicit-GEMM kernels read the same matrices by address
-arithmetic instead.
+geometry); elsewhere one strided copy per tap. The Triton implicit-GEMM kernels read the same
+matrices by address arithmetic instead.
 """
 from __future__ import annotations
 
@@ -55,12 +55,6 @@ class _Axis(NamedTuple):
     offset: int
     sign: int
     divisor: int
-
-
-
-
-
-
 
 
 @functools.lru_cache(maxsize=64)

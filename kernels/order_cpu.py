@@ -7,12 +7,13 @@ convolution laid out as (channel, image, pixel) or (image, channel, pixel)).
 `reduce_block` adds them as kernels.order defines it: in index order (fixed mode), in one order
 for every element (granularity "call"), or in each tile's or element's own order. The
 per-element orders are applied by a compiled pass (kernels.loops_cpu; GIL released, serial: one
-block per worker of kernels.workers_emulate) that hashes each element and adds its partials in its order
-(fp32, fp64), or gathers them into their order on the raw bits (fp16, bf16) for torch to add
-position by position with one rounding per addition. Off the CPU, kernels.order.chunk_order
-gives the same orders. `partials_arrays`, `partials_buffer` and `batched_partials` lay a block's
-partials out for the compiled pass: each chunk's plane contiguous, wide ones with a gap between
-planes; `compiled_matmul_applies` says where a compiled call may form them as torch.bmm does.
+block per worker of kernels.workers_emulate) that hashes each element and adds its partials in
+its order (fp32, fp64), or gathers them into their order on the raw bits (fp16, bf16) for torch
+to add position by position with one rounding per addition. Off the CPU,
+kernels.order.chunk_order gives the same orders. `partials_arrays`, `partials_buffer` and
+`batched_partials` lay a block's partials out for the compiled pass: each chunk's plane
+contiguous, wide ones with a gap between planes; `compiled_matmul_applies` says where a compiled
+call may form them as torch.bmm does.
 """
 from __future__ import annotations
 
@@ -170,22 +171,6 @@ def _flat(partials: torch.Tensor) -> np.ndarray:
     """The storage that `partials` (planes contiguous) spans, as a flat array from its first element."""
     span = (partials.shape[0] - 1) * partials.stride(0) + partials[0].numel()
     return np.lib.stride_tricks.as_strided(partials.numpy(), (span,), (partials.element_size(),))
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def _block_index(shape, place: Placement, order: BlockOrder, device) -> torch.Tensor:
