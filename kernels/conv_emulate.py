@@ -44,7 +44,7 @@ from .formats import ACCUMULATE_DTYPES, round_operand
 from .operands_emulate import (OperandRuns, chunk_padded, output_grad_runs, output_grad_taps, output_size, patch_matrix,
                                patch_runs)
 from .order import chunk_bounds
-from .loops_cpu import _products_in_order
+from .loops_cpu import products_in_order
 from .order_cpu import (BlockOrder, Placement, batched_partials, compiled_matmul_applies, in_order_arguments,
                         partials_arrays, partials_buffer, reduce_block)
 from .reduction import Reduction
@@ -156,7 +156,7 @@ def _chunked(operand: OperandRuns, weights, batch: int, pixels: int, reduction: 
         if (b1 - b0) * pixels in in_one_call:
             source, index, targets, columns = operand.gather(b0, b1)
             partials = partials_arrays(splits, (channels, columns.shape[2]), torch.float32, within_block=True)
-            _products_in_order(source, index, targets, chunks_array, columns, partials.planes,
+            products_in_order(source, index, targets, chunks_array, columns, partials.planes,
                                *in_order_arguments(partials.flat, partials.plane, (channels, b1 - b0, pixels),
                                                    by_channel_array[:, b0:b1], order, place))
             return

@@ -7,7 +7,7 @@ kernels.order_cpu (the ordered sums), kernels.operands_emulate (the operand gath
 kernels.conv_emulate (a split-K block of a convolution role in one call).
 
 torch.bmm multiplies the fp32 batches the emulate backend forms with MKL's SGEMM_BATCH (torch's
-own MKL; MKL_VERBOSE shows the call), one group, on the calling thread. `_batched_matmul` makes
+own MKL; MKL_VERBOSE shows the call), one group, on the calling thread. `batched_matmul` makes
 that call from compiled code, so that a block can gather its operand, multiply its chunks and add
 its partials in one call that lets the GIL go once (kernels.workers_emulate). It exists where
 torch's library exports the routine (MKL_BATCHED_GEMM); callers compare its bits with torch.bmm's
@@ -56,7 +56,7 @@ def _fmix32(x):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True)
-def _permutation_table(key, splits):  # pragma: no cover - compiled
+def compiled_permutation_table(key, splits):  # pragma: no cover - compiled
     """kernels.order.permutation_table, as int32: each row sorts the chunk ids by (rank, id)."""
     table = np.empty((PERMUTATIONS, splits), dtype=np.int32)
     ranks = np.empty(splits, dtype=np.int64)
@@ -166,7 +166,7 @@ def _gather_block(partials, starts, table_rows, out):  # pragma: no cover - comp
 
 
 @numba.njit(cache=True, nogil=True)
-def _sum_in_order(partials, starts, where, out):  # pragma: no cover - compiled
+def sum_block_in_order(partials, starts, where, out):  # pragma: no cover - compiled
     """_sum_block with the table rows of the elements `where` (_table_rows' arguments): one
     compiled call, which lets the GIL go once. An `out` with lines shorter than SIDE_BY_SIDE
     (any strides) is summed as one contiguous line, then copied into place."""
@@ -180,7 +180,7 @@ def _sum_in_order(partials, starts, where, out):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather_in_order(partials, starts, where, out):  # pragma: no cover - compiled
+def gather_block_in_order(partials, starts, where, out):  # pragma: no cover - compiled
     """_gather_block with the table rows of the elements `where` laid out as out[0], in one call."""
     _gather_block(partials, starts, _table_rows(*where).reshape(out.shape[1:]), out)
 
@@ -196,7 +196,7 @@ def _source_position(t, tap, axis):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _tap_index(kh, kw, batch, rows, cols):  # pragma: no cover - compiled
+def tap_index(kh, kw, batch, rows, cols):  # pragma: no cover - compiled
     """For each tap (ky, kx) and target column (b, y, x): 1 + the source's flat (b, sy, sx), or 0
     (the zero kept in front of every source plane) where the tap reads nothing."""
     plane, targets = rows[1] * cols[1], rows[0] * cols[0]
@@ -216,7 +216,7 @@ def _tap_index(kh, kw, batch, rows, cols):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather_taps(source, index, targets, out):  # pragma: no cover - compiled
+def gather_taps(source, index, targets, out):  # pragma: no cover - compiled
     """out[targets[c * taps + t], i] = plane(c)[index[t, i]], where plane(c) is a zero followed by
     channel c of every image of `source` (images, channels, pixels): one long gather per row of
     the operand from a plane that stays in cache; every row of `out` no target names is zero."""
@@ -239,7 +239,7 @@ def _gather_taps(source, index, targets, out):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _batched_matmul(a, b, c):  # pragma: no cover - compiled
+def batched_matmul(a, b, c):  # pragma: no cover - compiled
     """c[i] = a[i] @ b[i] for fp32 matrices with unit column strides, as torch.bmm computes it:
     MKL's column-major SGEMM_BATCH of c[i]^T = b[i]^T a[i]^T, one group of all i. Returns a
     value read from the call's arguments after it: the call reads them by address, which numba
@@ -264,11 +264,11 @@ def _batched_matmul(a, b, c):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _products_in_order(source, index, targets, chunks, operand, partials, flat, starts, where,
+def products_in_order(source, index, targets, chunks, operand, partials, flat, starts, where,
                        out):  # pragma: no cover - compiled
     """A split-K block of a convolution role in one call: the run's operand gathered into
-    `operand` (_gather_taps), its chunk products into `partials` (_batched_matmul; `flat` is
-    their storage as _sum_in_order reads it) and their sums in each element's order into `out`."""
-    _gather_taps(source, index, targets, operand.reshape(operand.shape[0] * operand.shape[1], operand.shape[2]))
-    _batched_matmul(chunks, operand, partials)
-    _sum_in_order(flat, starts, where, out)
+    `operand` (gather_taps), its chunk products into `partials` (batched_matmul; `flat` is
+    their storage as sum_block_in_order reads it) and their sums in each element's order into `out`."""
+    gather_taps(source, index, targets, operand.reshape(operand.shape[0] * operand.shape[1], operand.shape[2]))
+    batched_matmul(chunks, operand, partials)
+    sum_block_in_order(flat, starts, where, out)

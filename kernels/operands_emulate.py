@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .geometry import conv_output_size
-from .loops_cpu import _gather_taps, _tap_index
+from .loops_cpu import gather_taps, tap_index
 from .order import chunk_bounds
 from .order_cpu import index_dtype
 from .workers_emulate import numpy_dtype
@@ -59,8 +59,8 @@ class _Axis(NamedTuple):
 
 @functools.lru_cache(maxsize=64)
 def _cached_tap_index(kernel_size, batch: int, rows: _Axis, cols: _Axis) -> np.ndarray:
-    """_tap_index of a geometry (a layer's geometry recurs at every step), as unsigned indices."""
-    index = _tap_index(*kernel_size, batch, rows, cols)
+    """tap_index of a geometry (a layer's geometry recurs at every step), as unsigned indices."""
+    index = tap_index(*kernel_size, batch, rows, cols)
     return index.astype(index_dtype(1 + batch * rows.source * cols.source))
 
 
@@ -86,7 +86,7 @@ class OperandRuns:
         self.splits, self.longest, self.targets = splits, -(-k // splits), chunk_rows(k, splits)
 
     def gather(self, b0: int, b1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """_gather_taps' arguments for the columns of images [b0, b1): (source, index, targets, an
+        """gather_taps' arguments for the columns of images [b0, b1): (source, index, targets, an
         empty (splits, ceil(K / splits), (b1 - b0) * pixels) array for the columns)."""
         index = _cached_tap_index(self.kernel_size, b1 - b0, self.rows, self.cols)
         columns = np.empty((self.splits, self.longest, index.shape[1]), numpy_dtype(self.dtype))
@@ -95,7 +95,7 @@ class OperandRuns:
     def run(self, b0: int, b1: int) -> torch.Tensor:
         """(splits, ceil(K / splits), (b1 - b0) * pixels): the columns of images [b0, b1)."""
         source, index, targets, columns = self.gather(b0, b1)
-        _gather_taps(source, index, targets, columns.reshape(self.splits * self.longest, -1))
+        gather_taps(source, index, targets, columns.reshape(self.splits * self.longest, -1))
         return torch.from_numpy(columns)
 
 

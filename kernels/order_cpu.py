@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from .formats import add_rounded
-from .loops_cpu import MKL_BATCHED_GEMM, _batched_matmul, _gather_in_order, _permutation_table, _sum_in_order
+from .loops_cpu import (MKL_BATCHED_GEMM, batched_matmul, compiled_permutation_table, gather_block_in_order,
+                        sum_block_in_order)
 from .order import GRANULARITY_CODES, MASK32, ORDER_TILE, chunk_order
 from .workers_emulate import ieee_fp32, numpy_dtype, one_thread, scratch
 
@@ -84,7 +85,7 @@ class BlockOrder:
         with self._lock:
             if plane not in self._starts:
                 if self._table is None:
-                    self._table = _permutation_table(self.key, self.splits)
+                    self._table = compiled_permutation_table(self.key, self.splits)
                 offset = index_dtype(self.splits * plane)
                 self._starts[plane] = self._table.astype(offset) * offset(plane)
             return self._starts[plane]
@@ -136,7 +137,7 @@ def batched_partials(left: torch.Tensor, right: torch.Tensor, within_block: bool
 
 
 def compiled_matmul_applies(left: torch.Tensor, cols: int) -> bool:
-    """Whether loops_cpu._batched_matmul gives the bits of batched_partials(left, right) for a
+    """Whether loops_cpu.batched_matmul gives the bits of batched_partials(left, right) for a
     contiguous right operand (splits, K, cols), into a partials_buffer: fp32, a left operand
     with unit column strides, and the two compared once for its shape and strides on random
     operands (torch.bmm multiplies tiny products with its own loops)."""
@@ -153,7 +154,7 @@ def _compiled_matmul_matches(shape: tuple, strides: tuple, cols: int) -> bool:
     right = torch.randn(shape[0], shape[2], cols, generator=generator)
     product = partials_buffer(shape[0], (shape[1], cols), torch.float32)
     with one_thread(), ieee_fp32():
-        _batched_matmul(left.numpy(), right.numpy(), product.numpy())
+        batched_matmul(left.numpy(), right.numpy(), product.numpy())
         return torch.equal(product, batched_partials(left, right))
 
 
@@ -201,7 +202,7 @@ def _add_in_sequence(partials: torch.Tensor, sequence: list[int], out: torch.Ten
 def in_order_arguments(flat: np.ndarray, plane: int, shape: tuple, out: np.ndarray, order: BlockOrder,
                        place: Placement) -> tuple:
     """The arguments (flat partials, plane offsets, where, out) of the compiled passes
-    (_sum_in_order, _gather_in_order) for partials of blocks shaped `shape` (A, B, C) lying in
+    (sum_block_in_order, gather_block_in_order) for partials of blocks shaped `shape` (A, B, C) lying in
     `flat` `plane` elements apart; a contiguous `out` is passed as one line (1, 1, A*B*C)."""
     where = (shape, np.uint32(order.key), GRANULARITY_CODES[order.granularity],
              np.array(place.rows, dtype=np.int64), np.array(place.cols, dtype=np.int64), order.n_total)
@@ -211,7 +212,7 @@ def in_order_arguments(flat: np.ndarray, plane: int, shape: tuple, out: np.ndarr
 
 
 def _compiled(kernel, partials: torch.Tensor, out: np.ndarray, order: BlockOrder, place: Placement) -> None:
-    """Run `kernel` (_sum_in_order, _gather_in_order) on `partials` (splits, A, B, C; each plane
+    """Run `kernel` (sum_block_in_order, gather_block_in_order) on `partials` (splits, A, B, C; each plane
     contiguous) into `out`."""
     kernel(*in_order_arguments(_flat(partials), partials.stride(0), tuple(partials.shape[1:]), out, order, place))
 
@@ -229,13 +230,13 @@ def reduce_block(partials: torch.Tensor, out: torch.Tensor, order: BlockOrder, p
         ids = chunk_order(order.key, _block_index(out.shape, place, order, out.device), order.splits)
         _add_in_sequence(torch.gather(partials, 0, ids), order.sequence, out)
     elif partials.dtype in SUMMABLE_DTYPES and out.dtype == partials.dtype:
-        _compiled(_sum_in_order, _planes(partials), out.numpy(), order, place)
+        _compiled(sum_block_in_order, _planes(partials), out.numpy(), order, place)
     elif partials.dtype in SUMMABLE_DTYPES:  # then rounded once into out's dtype
         target = np.empty(out.shape, numpy_dtype(partials.dtype))
-        _compiled(_sum_in_order, _planes(partials), target, order, place)
+        _compiled(sum_block_in_order, _planes(partials), target, order, place)
         out.copy_(torch.from_numpy(target))
     else:
         bits = _planes(partials).view(_BIT_VIEWS[partials.element_size()])
         ordered = torch.empty(partials.shape, dtype=bits.dtype)
-        _compiled(_gather_in_order, bits, ordered.numpy(), order, place)
+        _compiled(gather_block_in_order, bits, ordered.numpy(), order, place)
         _add_in_sequence(ordered.view(partials.dtype), order.sequence, out)

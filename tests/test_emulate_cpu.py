@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from kernels import conv_emulate, gemm_emulate, operands_emulate, order_cpu
 from kernels.calls import counting
 from kernels.order import call_key, chunk_order, order_index, permutation_table
-from kernels.loops_cpu import COUNTING_SORT_MAX, MKL_BATCHED_GEMM, _batched_matmul, _permutation_table
+from kernels.loops_cpu import COUNTING_SORT_MAX, MKL_BATCHED_GEMM, batched_matmul, compiled_permutation_table
 from kernels.order_cpu import BlockOrder, Placement, reduce_block
 from kernels.reduction import Reduction
 from kernels.workers_emulate import (INLINE_BLOCKS, SCRATCH_SHIFT_BYTES, release_scratch, run_blocks, scratch,
@@ -35,7 +35,7 @@ def bits(t: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("splits", [1, 2, 3, 8, 32, COUNTING_SORT_MAX + 1])
 def test_compiled_permutation_table_is_the_definition(splits):
     for key in (0, 1, 0xDEADBEEF, 2**32 - 1):
-        assert (_permutation_table(key, splits) == permutation_table(key, splits).numpy()).all(), key
+        assert (compiled_permutation_table(key, splits) == permutation_table(key, splits).numpy()).all(), key
 
 
 # ------------------------------------------------------------------ one block's order
@@ -263,9 +263,9 @@ def test_the_compiled_loops_give_the_same_bits_with_wide_indices(generator, monk
         return spy
 
     monkeypatch.setattr(order_cpu, "NARROW_INDEX_LIMIT", 0)
-    monkeypatch.setattr(operands_emulate, "_gather_taps", spying(operands_emulate._gather_taps, 1))
-    monkeypatch.setattr(conv_emulate, "_products_in_order", spying(conv_emulate._products_in_order, 1))
-    for name in ("_sum_in_order", "_gather_in_order"):
+    monkeypatch.setattr(operands_emulate, "gather_taps", spying(operands_emulate.gather_taps, 1))
+    monkeypatch.setattr(conv_emulate, "products_in_order", spying(conv_emulate.products_in_order, 1))
+    for name in ("sum_block_in_order", "gather_block_in_order"):
         monkeypatch.setattr(order_cpu, name, spying(getattr(order_cpu, name), 1))
     operands_emulate._cached_tap_index.cache_clear()
     try:
@@ -487,7 +487,7 @@ def test_the_compiled_matmul_is_torchs_bmm_bit_for_bit(generator, splits, rows, 
     left = torch.randn(rows, splits * inner, generator=generator).view(rows, splits, inner).transpose(0, 1)
     right = torch.randn(splits, inner, cols, generator=generator)
     partials = order_cpu.partials_arrays(splits, (rows, cols), torch.float32)
-    _batched_matmul(left.numpy(), right.numpy(), partials.planes)
+    batched_matmul(left.numpy(), right.numpy(), partials.planes)
     assert torch.equal(torch.from_numpy(partials.planes), torch.bmm(left, right))
     assert order_cpu.compiled_matmul_applies(left, cols)
 
@@ -516,8 +516,8 @@ def test_a_block_in_one_call_gives_the_bits_of_its_three(generator, monkeypatch,
     gy = torch.randn(shape[0], 2 * shape[1], *[(n + 2 * padding - kernel) // stride + 1 for n in shape[2:]],
                      generator=generator)
     calls = []
-    one_call = conv_emulate._products_in_order
-    monkeypatch.setattr(conv_emulate, "_products_in_order", lambda *args: (calls.append(1), one_call(*args)))
+    one_call = conv_emulate.products_in_order
+    monkeypatch.setattr(conv_emulate, "products_in_order", lambda *args: (calls.append(1), one_call(*args)))
     fused = emulated_roles(x, w, gy, stride, padding, reduction)
     assert calls, "no block ran in one call"
     monkeypatch.setattr(conv_emulate, "compiled_matmul_applies", lambda *args: False)
