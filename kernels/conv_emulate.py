@@ -256,7 +256,11 @@ def _weight_grad_pieces(x, grads, kernel_size, stride, padding, reduction: Reduc
                         out_dtype) -> _Role:
     """Runs of images, each a block computing its pieces of the chunks (products of the run's
     patch matrix with `grads`, the (C_out, K) output gradient); the pieces of each chunk are then
-    added in piece order and the chunks in `order`, in row blocks that fit in cache."""
+    added in piece order and the chunks in `order`, in blocks of the patch rows that fit in cache.
+
+    A piece is formed transposed, (Cin*kh*kw, C_out) = patches (rows, the piece's pixels) @ its
+    grads^T: MKL reads the patch matrix along its rows then, 1.3-2.9x faster on the quick net's
+    layers than through its transpose."""
     batch, cin = x.shape[:2]
     (cout, k), (kh, kw) = grads.shape, kernel_size
     pixels, n = k // batch, cin * kh * kw
@@ -266,33 +270,36 @@ def _weight_grad_pieces(x, grads, kernel_size, stride, padding, reduction: Reduc
     starts = [b0 * pixels for b0, _ in runs]
     pieces = _pieces(bounds, starts[1:])  # (lo, hi, chunk): a chunk's pieces lie in one run each
     firsts = [bisect.bisect_left(pieces, (start,)) for start in starts] + [len(pieces)]
-    products = x.new_empty(len(pieces), cout, n)
+    products = x.new_empty(len(pieces), n, cout)
     operand = patch_runs(x, kernel_size, stride, padding)
+    grads_by_pixel = grads.numpy().T  # (K, C_out), a transposed view
 
     def block(r, b0, b1):
-        patches = operand.run(b0, b1).numpy()[0].T  # (the run's pixels, n), a transposed view
+        patches = operand.run(b0, b1).numpy()[0]  # (n, the run's pixels)
         for i in range(firsts[r], firsts[r + 1]):
             lo, hi, _ = pieces[i]
-            torch.mm(grads[:, lo:hi], torch.from_numpy(patches[lo - starts[r]: hi - starts[r]]), out=products[i])
+            torch.mm(torch.from_numpy(patches[:, lo - starts[r]: hi - starts[r]]),
+                     torch.from_numpy(grads_by_pixel[lo:hi]), out=products[i])
 
     out = torch.empty(cout, n, dtype=out_dtype)
+    by_patch_row = out.t()
     acc_dtype = ACCUMULATE_DTYPES[reduction.accumulate]
 
-    def rows(r0, r1):  # the chunks of these rows from their pieces, added in piece order; then in order
+    def rows(r0, r1):  # the chunks of these patch rows from their pieces, added in piece order; then in order
         partials = products[:, r0:r1]
         if len(pieces) > len(bounds):
-            partials = partials_buffer(len(bounds), (r1 - r0, n), x.dtype, within_block=True)
+            partials = partials_buffer(len(bounds), (r1 - r0, cout), x.dtype, within_block=True)
             for i, (_, _, s) in enumerate(pieces):
                 if i == 0 or pieces[i - 1][2] != s:
                     partials[s] = products[i, r0:r1]
                 else:
                     partials[s] += products[i, r0:r1]
-        reduce_block(in_dtype(partials, acc_dtype)[:, None], out[None, r0:r1], order,
-                     Placement((r0, 0, 1, 0), (0, 0, 0, 1)))
+        reduce_block(in_dtype(partials, acc_dtype)[:, None], by_patch_row[None, r0:r1], order,
+                     Placement((0, 0, 0, 1), (r0, 0, 1, 0)))
 
-    def finish():  # in row blocks whose pieces fit in cache, of at least SUM_ELEMENTS elements each
+    def finish():  # in blocks of patch rows whose pieces fit in cache, of at least SUM_ELEMENTS elements each
         count = min(-(-4 * len(pieces) * cout * n // CACHE_BYTES), -(-cout * n // SUM_ELEMENTS))
-        run_blocks([lambda r=r: rows(*r) for r in _runs(cout, count)])
+        run_blocks([lambda r=r: rows(*r) for r in _runs(n, count)])
         return out.view(cout, cin, kh, kw)
 
     return _Role([lambda r=r, run=run: block(r, *run) for r, run in enumerate(runs)], finish)
