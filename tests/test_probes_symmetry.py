@@ -66,6 +66,23 @@ def test_identical_rows_are_exactly_alike_and_one_row_apart_is_not(kind, generat
     assert forward_correlation(w, kind) < 1.0
 
 
+def test_an_equal_pair_among_other_rows_is_exactly_alike(generator):
+    """Rows 0 and 1 equal, the others on supports of their own (every other pair exactly 0): the
+    equal pair counts exactly 1, though its quotient rounds two ulps below 1 (checked: one ulp is
+    lost in the mean), so C = 2 / (8 * 7)."""
+    rows = torch.zeros(8, 16, dtype=torch.float64)
+    for i in range(2, 8):
+        rows[i, 8 + i] = float(torch.rand(1, generator=generator)) + 0.5
+    for _ in range(100):  # an equal pair whose Gram entry over the product of its norms rounds low
+        rows[0, :10] = rows[1, :10] = torch.randn(10, generator=generator, dtype=torch.float64)
+        gram = rows @ rows.T
+        if gram[0, 1] / (gram[0, 0].sqrt() * gram[1, 1].sqrt()) <= 1.0 - 2**-52:
+            break
+    else:
+        pytest.fail("no equal pair with an inexact quotient among 100")
+    assert forward_correlation(rows) == 2 / (8 * 7)
+
+
 def test_pearson_matches_numpy_corrcoef(generator):
     w = torch.randn(12, 30, generator=generator) + torch.randn(1, 30, generator=generator)
     corr = np.corrcoef(w.double().numpy())
