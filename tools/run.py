@@ -18,6 +18,7 @@ from nets.training.distributed import (check_resume_world, check_same_run, join,
                                       shared_run_dir)
 from nets.training.loop import SetupError, Training
 from nets.training.rundir import CONFIG, RunDirError, default_run_dir, prepare_run_dir
+from tools.options import run_as_program
 
 RUN_CONTROL = ("preset", "out", "resume", "overwrite")
 INTERRUPTED_EXIT = 130
@@ -161,4 +162,4 @@ def train(world, options: dict, explicit: dict) -> bool:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_program(main)
