@@ -18,6 +18,10 @@ SYMMETRY = "symmetry.png"
 # 1 - C_f is exactly 0 while a layer is still symmetric; a log axis cannot show 0, so such
 # points are drawn on this floor (below anything float64 correlations of broken layers reach).
 SYMMETRIC_FLOOR = 1e-17
+# Fixed margins (fractions of the figure) that fit the labels: matplotlib's tight_layout, which
+# measures them by drawing the figure once more, took half of the plots' 0.6 s.
+CURVES_MARGINS = {"left": 0.07, "right": 0.98, "bottom": 0.13, "top": 0.92, "wspace": 0.22}
+SYMMETRY_MARGINS = {"left": 0.1, "right": 0.8, "bottom": 0.11, "top": 0.93}
 
 
 def _series(records: list[dict], kind: str, key: str):
@@ -28,6 +32,7 @@ def _series(records: list[dict], kind: str, key: str):
 def plot_curves(metrics: list[dict], path: Path) -> None:
     """Train/test loss and accuracy against step."""
     figure, (loss_axis, acc_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    figure.subplots_adjust(**CURVES_MARGINS)
     for kind, style in (("train", "-"), ("test", "o-")):
         steps, loss = _series(metrics, kind, "loss")
         loss_axis.plot(steps, loss, style, label=kind, markersize=3)
@@ -39,7 +44,6 @@ def plot_curves(metrics: list[dict], path: Path) -> None:
     for axis in (loss_axis, acc_axis):
         axis.grid(alpha=0.3)
         axis.legend()
-    figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
@@ -47,6 +51,7 @@ def plot_curves(metrics: list[dict], path: Path) -> None:
 def plot_symmetry(symmetry: list[dict], path: Path) -> None:
     """1 - C_f of every conv/linear layer against step; symmetric layers sit on the floor line."""
     figure, axis = plt.subplots(figsize=(9, 5))
+    figure.subplots_adjust(**SYMMETRY_MARGINS)
     names = [layer["name"] for layer in symmetry[0]["layers"]] if symmetry else []
     colours = plt.cm.viridis([i / max(1, len(names) - 1) for i in range(len(names))])
     steps = [record["step"] for record in symmetry]
@@ -61,9 +66,10 @@ def plot_symmetry(symmetry: list[dict], path: Path) -> None:
     axis.set_yscale("log")
     axis.set(xlabel="step", ylabel="1 - C_f (forward correlation)", title="symmetry breaking per layer")
     axis.grid(alpha=0.3, which="both")
-    if names:
-        axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    figure.tight_layout()
+    if names:  # the legend right of the axes, which leave it the room it measures
+        legend = axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        width = legend.get_window_extent(figure.canvas.get_renderer()).width / figure.bbox.width
+        figure.subplots_adjust(right=min(SYMMETRY_MARGINS["right"], 0.97 - width))
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
