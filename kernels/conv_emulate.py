@@ -15,8 +15,10 @@ parallel on single-threaded workers (kernels.workers_emulate), and a finishing s
                         added in their order straight into the output (in fp32 the three
                         in one compiled call, kernels.loops_cpu, which lets the GIL go
                         once; the matmul is torch.bmm's own MKL call); the
-                        weight gradient by pieces of each chunk's (image, pixel) range, the
-                        pieces of a chunk added in piece order, then the chunks in theirs;
+                        weight gradient by pieces of each chunk's (image, pixel) range (in
+                        fp32 a run's gather and its pieces' products in one compiled call,
+                        the products torch.mm's own MKL call), the pieces of a chunk added in
+                        piece order, then the chunks in theirs;
                         or, where the chunk partials of the whole output would outweigh the
                         operand many times, the whole operand in the GEMM's output tiles.
 
@@ -32,9 +34,11 @@ backward pass on the workers at once. Each call runs with torch's threads handed
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from typing import Callable, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -44,11 +48,11 @@ from .formats import ACCUMULATE_DTYPES, round_operand
 from .operands_emulate import (OperandRuns, chunk_padded, output_grad_runs, output_grad_taps, output_size, patch_matrix,
                                patch_runs)
 from .order import chunk_bounds
-from .loops_cpu import products_in_order
+from .loops_cpu import MKL_GEMM, patch_products, piece_products, products_in_order
 from .order_cpu import (BlockOrder, Placement, batched_partials, compiled_matmul_applies, in_order_arguments,
                         partials_arrays, partials_buffer, reduce_block)
 from .reduction import Reduction
-from .workers_emulate import in_dtype, run_blocks, shaped, threads_to_workers
+from .workers_emulate import ieee_fp32, in_dtype, one_thread, run_blocks, shaped, threads_to_workers
 
 # Sizes of the blocks of work, in multiply-adds and bytes. A torch convolution call costs as much
 # as tens of millions of multiply-adds before it starts, a matmul far fewer; a convolution split
@@ -260,7 +264,8 @@ def _weight_grad_pieces(x, grads, kernel_size, stride, padding, reduction: Reduc
 
     A piece is formed transposed, (Cin*kh*kw, C_out) = patches (rows, the piece's pixels) @ its
     grads^T: MKL reads the patch matrix along its rows then, 1.3-2.9x faster on the quick net's
-    layers than through its transpose."""
+    layers than through its transpose. In fp32 a run's block is one compiled call (gather and
+    products), where it gives torch.mm's bits (compared once per geometry)."""
     batch, cin = x.shape[:2]
     (cout, k), (kh, kw) = grads.shape, kernel_size
     pixels, n = k // batch, cin * kh * kw
@@ -272,14 +277,22 @@ def _weight_grad_pieces(x, grads, kernel_size, stride, padding, reduction: Reduc
     firsts = [bisect.bisect_left(pieces, (start,)) for start in starts] + [len(pieces)]
     products = x.new_empty(len(pieces), n, cout)
     operand = patch_runs(x, kernel_size, stride, padding)
-    grads_by_pixel = grads.numpy().T  # (K, C_out), a transposed view
+    grads_array, products_array = grads.numpy(), products.numpy()
+    # each run's pieces as (K column, the run's column, length); in fp32 a run can be one call
+    run_pieces = [np.array([(lo, lo - starts[r], hi - lo) for lo, hi, _ in pieces[firsts[r]:firsts[r + 1]]],
+                           dtype=np.int64) for r in range(len(runs))]
+    in_one_call = [x.dtype == torch.float32 and _pieces_in_one_call(cout, n, k, (b1 - b0) * pixels, run_pieces[r])
+                   for r, (b0, b1) in enumerate(runs)]
 
     def block(r, b0, b1):
-        patches = operand.run(b0, b1).numpy()[0]  # (n, the run's pixels)
-        for i in range(firsts[r], firsts[r + 1]):
-            lo, hi, _ = pieces[i]
-            torch.mm(torch.from_numpy(patches[:, lo - starts[r]: hi - starts[r]]),
-                     torch.from_numpy(grads_by_pixel[lo:hi]), out=products[i])
+        if in_one_call[r]:
+            source, index, targets, columns = operand.gather(b0, b1)
+            patch_products(source, index, targets, columns[0], grads_array, run_pieces[r],
+                           products_array[firsts[r]:firsts[r + 1]])
+            return
+        patches = operand.run(b0, b1)[0]  # (n, the run's pixels)
+        for i, (at, start, length) in zip(range(firsts[r], firsts[r + 1]), run_pieces[r].tolist()):
+            torch.mm(patches[:, start:start + length], grads[:, at:at + length].t(), out=products[i])
 
     out = torch.empty(cout, n, dtype=out_dtype)
     by_patch_row = out.t()
@@ -303,6 +316,25 @@ def _weight_grad_pieces(x, grads, kernel_size, stride, padding, reduction: Reduc
         return out.view(cout, cin, kh, kw)
 
     return _Role([lambda r=r, run=run: block(r, *run) for r, run in enumerate(runs)], finish)
+
+
+def _pieces_in_one_call(cout: int, n: int, k: int, cols: int, run_pieces: np.ndarray) -> bool:
+    """Whether loops_cpu.piece_products gives torch.mm's bits for a run's pieces (see
+    _weight_grad_pieces) of an (n, cols) patch matrix and a (C_out, K) output gradient."""
+    return MKL_GEMM and _pieces_match(cout, n, k, cols, tuple(map(tuple, run_pieces.tolist())))
+
+
+@functools.lru_cache(maxsize=None)
+def _pieces_match(cout: int, n: int, k: int, cols: int, run_pieces: tuple) -> bool:
+    """The comparison, once per geometry, on random operands, with torch set as the blocks set it."""
+    generator = torch.Generator().manual_seed(cols)
+    patches, grads = torch.randn(n, cols, generator=generator), torch.randn(cout, k, generator=generator)
+    compiled, expected = torch.empty(len(run_pieces), n, cout), torch.empty(len(run_pieces), n, cout)
+    with one_thread(), ieee_fp32():
+        piece_products(patches.numpy(), grads.numpy(), np.array(run_pieces, dtype=np.int64), compiled.numpy())
+        for i, (at, start, length) in enumerate(run_pieces):
+            torch.mm(patches[:, start:start + length], grads[:, at:at + length].t(), out=expected[i])
+    return torch.equal(compiled, expected)
 
 
 def _pieces(bounds, cuts: list[int]) -> list[tuple[int, int, int]]:

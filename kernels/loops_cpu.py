@@ -7,11 +7,12 @@ kernels.order_cpu (the ordered sums), kernels.operands_emulate (the operand gath
 kernels.conv_emulate (a split-K block of a convolution role in one call).
 
 torch.bmm multiplies the fp32 batches the emulate backend forms with MKL's SGEMM_BATCH (torch's
-own MKL; MKL_VERBOSE shows the call), one group, on the calling thread. `batched_matmul` makes
-that call from compiled code, so that a block can gather its operand, multiply its chunks and add
-its partials in one call that lets the GIL go once (kernels.workers_emulate). It exists where
-torch's library exports the routine (MKL_BATCHED_GEMM); callers compare its bits with torch.bmm's
-for each shape and layout before they use it.
+own MKL; MKL_VERBOSE shows the call), one group, on the calling thread, and torch.mm a product
+with MKL's SGEMM. `batched_matmul` and `piece_products` make those calls from compiled code, so
+that a block can gather its operand, multiply its chunks (or pieces) and add its partials in one
+call that lets the GIL go once (kernels.workers_emulate). They exist where torch's library
+exports the routines (MKL_GEMM); callers compare their bits with torch's for each shape
+and layout before they use them.
 """
 from __future__ import annotations
 
@@ -30,19 +31,21 @@ COUNTING_SORT_MAX = 512  # permutation rows up to this long are ranked by counti
 SIDE_BY_SIDE = 8  # elements whose ordered sums _sum_block runs together
 
 
-def _torch_exports_sgemm_batch(path: str) -> bool:
+def _torch_exports(path: str, *names: str) -> bool:
     try:
-        return hasattr(ctypes.CDLL(path), "SGEMM_BATCH")
+        library = ctypes.CDLL(path)
     except OSError:
         return False
+    return all(hasattr(library, name) for name in names)
 
 
 _TORCH_CPU = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
-MKL_BATCHED_GEMM = _torch_exports_sgemm_batch(_TORCH_CPU)
-if MKL_BATCHED_GEMM:  # its symbols, for the compiled code to be linked against by name (cached code too)
+MKL_GEMM = _torch_exports(_TORCH_CPU, "SGEMM", "SGEMM_BATCH")
+if MKL_GEMM:  # its symbols, for the compiled code to be linked against by name (cached code too)
     llvm.load_library_permanently(_TORCH_CPU)
 # MKL's Fortran interface: every argument by reference (pointer-sized integers here)
 _SGEMM_BATCH = types.ExternalFunction("SGEMM_BATCH", types.void(*[types.intp] * 15))
+_SGEMM = types.ExternalFunction("SGEMM", types.void(*[types.intp] * 13))
 
 
 @numba.njit(cache=True, inline="always")
@@ -272,3 +275,33 @@ def products_in_order(source, index, targets, chunks, operand, partials, flat, s
     gather_taps(source, index, targets, operand.reshape(operand.shape[0] * operand.shape[1], operand.shape[2]))
     batched_matmul(chunks, operand, partials)
     sum_block_in_order(flat, starts, where, out)
+
+
+@numba.njit(cache=True, nogil=True)
+def piece_products(patches, grads, pieces, products):  # pragma: no cover - compiled
+    """products[i] = patches[:, b:b + length] @ grads[:, a:a + length]^T for (a, b, length) =
+    pieces[i], fp32 with unit column strides, as torch.mm computes it: MKL's column-major SGEMM
+    of products[i]^T = grads[:, a:a + length] patches[:, b:b + length]^T. Returns a value read
+    from the calls' arguments after them (see batched_matmul)."""
+    sizes = np.empty(6, dtype=np.int32)  # m, n, k, lda, ldb, ldc of each call
+    sizes[0], sizes[1] = grads.shape[0], patches.shape[0]
+    sizes[3], sizes[4], sizes[5] = grads.strides[0] // 4, patches.strides[0] // 4, products.strides[1] // 4
+    scalars = np.empty(2, dtype=np.float32)  # alpha, beta
+    scalars[0], scalars[1] = 1.0, 0.0
+    flags = np.empty(2, dtype=np.uint8)  # grads transposed, patches as they lie
+    flags[0], flags[1] = ord("T"), ord("N")
+    size, scalar, flag, word = sizes.ctypes.data, scalars.ctypes.data, flags.ctypes.data, sizes.itemsize
+    for i in range(pieces.shape[0]):
+        sizes[2] = pieces[i, 2]
+        _SGEMM(flag, flag + 1, size, size + word, size + 2 * word, scalar, grads.ctypes.data + 4 * pieces[i, 0],
+               size + 3 * word, patches.ctypes.data + 4 * pieces[i, 1], size + 4 * word, scalar + scalars.itemsize,
+               products[i].ctypes.data, size + 5 * word)
+    return sizes[5] + flags[1] + scalars[1] + patches[0, 0] + grads[0, 0] + products[0, 0, 0]
+
+
+@numba.njit(cache=True, nogil=True)
+def patch_products(source, index, targets, patches, grads, pieces, products):  # pragma: no cover - compiled
+    """A weight-gradient block of a convolution in one call: the run's patch matrix gathered into
+    `patches` (gather_taps) and its pieces' products into `products` (piece_products)."""
+    gather_taps(source, index, targets, patches)
+    piece_products(patches, grads, pieces, products)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .formats import add_rounded
-from .loops_cpu import (MKL_BATCHED_GEMM, batched_matmul, compiled_permutation_table, gather_block_in_order,
+from .loops_cpu import (MKL_GEMM, batched_matmul, compiled_permutation_table, gather_block_in_order,
                         sum_block_in_order)
 from .order import GRANULARITY_CODES, MASK32, ORDER_TILE, chunk_order
 from .workers_emulate import ieee_fp32, numpy_dtype, one_thread, scratch
@@ -141,7 +141,7 @@ def compiled_matmul_applies(left: torch.Tensor, cols: int) -> bool:
     contiguous right operand (splits, K, cols), into a partials_buffer: fp32, a left operand
     with unit column strides, and the two compared once for its shape and strides on random
     operands (torch.bmm multiplies tiny products with its own loops)."""
-    return (MKL_BATCHED_GEMM and left.dtype == torch.float32 and left.stride(2) == 1
+    return (MKL_GEMM and left.dtype == torch.float32 and left.stride(2) == 1
             and _compiled_matmul_matches(tuple(left.shape), tuple(left.stride()), cols))
 
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from kernels import conv_emulate, gemm_emulate, operands_emulate, order_cpu
 from kernels.calls import counting
 from kernels.order import call_key, chunk_order, order_index, permutation_table
-from kernels.loops_cpu import COUNTING_SORT_MAX, MKL_BATCHED_GEMM, batched_matmul, compiled_permutation_table
+from kernels.loops_cpu import COUNTING_SORT_MAX, MKL_GEMM, batched_matmul, compiled_permutation_table, piece_products
 from kernels.order_cpu import BlockOrder, Placement, reduce_block
 from kernels.reduction import Reduction
 from kernels.workers_emulate import (INLINE_BLOCKS, SCRATCH_SHIFT_BYTES, release_scratch, run_blocks, scratch,
@@ -475,7 +475,7 @@ def test_shaped_tensors_are_numpys_views():
     assert columns.data_ptr() == base.data_ptr() and columns.stride() == (12, 6, 1)
 
 
-needs_mkl = pytest.mark.skipif(not MKL_BATCHED_GEMM, reason="torch's library exports no MKL SGEMM_BATCH")
+needs_mkl = pytest.mark.skipif(not MKL_GEMM, reason="torch's library exports no MKL SGEMM and SGEMM_BATCH")
 
 
 @needs_mkl
@@ -524,6 +524,46 @@ def test_a_block_in_one_call_gives_the_bits_of_its_three(generator, monkeypatch,
     separate = emulated_roles(x, w, gy, stride, padding, reduction)
     for role in ("forward", "input_grad"):
         assert torch.equal(bits(fused[role]), bits(separate[role])), role
+
+
+@needs_mkl
+@pytest.mark.parametrize("cout,n,k,cols,run_pieces", [
+    (16, 144, 4096, 2048, [(0, 0, 512), (512, 512, 512), (1024, 1024, 512), (1536, 1536, 512)]),
+    (64, 576, 256, 128, [(128, 0, 32), (160, 32, 32), (192, 64, 32), (224, 96, 32)]),
+    (16, 9, 4096, 2048, [(2048, 0, 293), (2341, 293, 585), (2926, 878, 1170)]),  # uneven and cut chunks
+    (32, 288, 1024, 512, [(512, 0, 1), (513, 1, 511)])])
+def test_the_compiled_pieces_are_torchs_mm_bit_for_bit(generator, cout, n, k, cols, run_pieces):
+    """A weight-gradient run's pieces (K column, the run's column, length), each products[i] =
+    patches[:, b:b + length] @ grads[:, a:a + length]^T, as torch.mm forms them."""
+    patches, grads = torch.randn(n, cols, generator=generator), torch.randn(cout, k, generator=generator)
+    products = torch.empty(len(run_pieces), n, cout)
+    piece_products(patches.numpy(), grads.numpy(), np.array(run_pieces, dtype=np.int64), products.numpy())
+    for i, (at, start, length) in enumerate(run_pieces):
+        assert torch.equal(products[i], torch.mm(patches[:, start:start + length], grads[:, at:at + length].t())), i
+    assert conv_emulate._pieces_in_one_call(cout, n, k, cols, np.array(run_pieces, dtype=np.int64))
+
+
+@needs_mkl
+@pytest.mark.parametrize("reduction", [Reduction("splitk", splits=8, seed=2), Reduction("splitk", splits=7, seed=3),
+                                       Reduction("splitk", splits=32, seed=4, granularity="tile")],
+                         ids=lambda r: r.describe())
+@pytest.mark.parametrize("shape,kernel,stride", [((64, 16, 8, 8), 3, 1), ((64, 32, 4, 4), 3, 2), ((64, 1, 8, 8), 3, 1)])
+def test_a_weight_gradient_block_in_one_call_gives_the_bits_of_its_calls(generator, monkeypatch, reduction, shape,
+                                                                          kernel, stride):
+    """A split-K weight-gradient run gathers its patches and multiplies its pieces in one compiled
+    call where it can (the quick net's layers); the same bits as the gather and torch.mm calls."""
+    x = torch.randn(shape, generator=generator)
+    w = torch.randn(16, shape[1], kernel, kernel, generator=generator)
+    padding = kernel // 2
+    gy = torch.randn(shape[0], 16, *[(n + 2 * padding - kernel) // stride + 1 for n in shape[2:]], generator=generator)
+    calls = []
+    one_call = conv_emulate.patch_products
+    monkeypatch.setattr(conv_emulate, "patch_products", lambda *args: (calls.append(1), one_call(*args)))
+    fused = emulated_roles(x, w, gy, stride, padding, reduction)["weight_grad"]
+    assert calls, "no block ran in one call"
+    monkeypatch.setattr(conv_emulate, "_pieces_in_one_call", lambda *args: False)
+    separate = emulated_roles(x, w, gy, stride, padding, reduction)["weight_grad"]
+    assert torch.equal(bits(fused), bits(separate))
 
 
 def test_partials_buffers_are_gapped_only_when_wide():
