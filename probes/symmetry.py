@@ -14,8 +14,8 @@ inf says nothing about symmetry: its C, dissimilarity and effective width are Na
 flagged (`finite` False), and a maximum over layers that include it is NaN.
 
 The computation is one float64 Gram matrix of the rows, on one thread (so its bits do not depend
-on the thread count), then a pass over the pairs (compiled on the CPU). `max_rows` samples that many rows
-without replacement with a seeded generator (the reference code sampled at most 5000).
+on the thread count), then a pass over the pairs (compiled on the CPU). `max_rows` samples that
+many rows without replacement with a seeded generator (the reference code sampled at most 5000).
 """
 from __future__ import annotations
 
