@@ -104,11 +104,14 @@ def row_similarity_mean(rows: torch.Tensor, kind: str = "cosine") -> float:
 def _pair_mean(rows, gram, norms):  # pragma: no cover - compiled
     """The same mean on the CPU, in one compiled pass over the pairs (a run's per-step check of
     the quick net's nine layers took 2-3 ms in torch's operators): each pair's similarity
-    gram / (norm * norm) clamped to [-1, 1], or exactly 1 for equal rows and zero norms; summed
-    pair by pair in row order."""
+    gram / (norm * norm) clamped to [-1, 1], or exactly 1 for equal rows and zero norms. It sums
+    each pair's distance from 1 (exact near 1), row by row, so that C_f a few ulps below 1 keeps
+    its digits: summing the similarities themselves lost them to the rounding of a sum of
+    thousands of terms near 1."""
     n, length = rows.shape
     total = 0.0
     for i in range(n):
+        row = 0.0
         for j in range(n):
             if j == i:
                 continue
@@ -119,8 +122,10 @@ def _pair_mean(rows, gram, norms):  # pragma: no cover - compiled
                 while k < length and rows[i, k] == rows[j, k]:
                     k += 1
                 alike = k == length
-            total += 1.0 if alike else min(1.0, max(-1.0, gram[i, j] / outer))
-    return total / (n * (n - 1))
+            if not alike:
+                row += 1.0 - min(1.0, max(-1.0, gram[i, j] / outer))
+        total += row
+    return 1.0 - total / (n * (n - 1))
 
 
 def forward_correlation(w: torch.Tensor, kind: str = "cosine", max_rows: int | None = None, seed: int = 0) -> float:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from probes.symmetry import _pair_mean
 from probes import (
     backward_correlation,
     effective_width,
@@ -66,21 +67,30 @@ def test_identical_rows_are_exactly_alike_and_one_row_apart_is_not(kind, generat
     assert forward_correlation(w, kind) < 1.0
 
 
-def test_an_equal_pair_among_other_rows_is_exactly_alike(generator):
-    """Rows 0 and 1 equal, the others on supports of their own (every other pair exactly 0): the
-    equal pair counts exactly 1, though its quotient rounds two ulps below 1 (checked: one ulp is
-    lost in the mean), so C = 2 / (8 * 7)."""
-    rows = torch.zeros(8, 16, dtype=torch.float64)
-    for i in range(2, 8):
-        rows[i, 8 + i] = float(torch.rand(1, generator=generator)) + 0.5
-    for _ in range(100):  # an equal pair whose Gram entry over the product of its norms rounds low
-        rows[0, :10] = rows[1, :10] = torch.randn(10, generator=generator, dtype=torch.float64)
-        gram = rows @ rows.T
-        if gram[0, 1] / (gram[0, 0].sqrt() * gram[1, 1].sqrt()) <= 1.0 - 2**-52:
-            break
-    else:
-        pytest.fail("no equal pair with an inexact quotient among 100")
-    assert forward_correlation(rows) == 2 / (8 * 7)
+def test_equal_rows_count_as_exactly_alike_whatever_their_quotient():
+    """The CPU pass over the pairs: rows 0 and 1 equal count 1, not their Gram entry over the
+    product of their norms (set to 0 here, as rounding would set it a few ulps below 1); rows 0
+    and 2 are orthogonal. So C = 2 ordered pairs of 6."""
+    rows = np.array([[1.0, 2.0], [1.0, 2.0], [2.0, -1.0]])
+    gram = rows @ rows.T
+    norms = np.sqrt(gram.diagonal())
+    gram[0, 1] = gram[1, 0] = 0.0
+    assert _pair_mean(rows, gram, norms) == pytest.approx(1 / 3, abs=1e-16)
+
+
+@pytest.mark.parametrize("shape", [(16, 9), (32, 144), (64, 576)])
+def test_rows_a_rounding_apart_keep_their_distance_from_1(generator, shape):
+    """Before symmetry breaks, C_f is a few ulps below 1: within 2 ulps of the exactly rounded
+    mean of the pairs' similarities (each as computed), though thousands of terms near 1 are added."""
+    rows = torch.randn(1, shape[1], generator=generator, dtype=torch.float64)
+    rows = rows + 1e-7 * torch.randn(shape, generator=generator, dtype=torch.float64)
+    gram = rows @ rows.T
+    norms = gram.diagonal().sqrt()
+    similarity = (gram / (norms[:, None] * norms[None, :])).clamp(-1.0, 1.0)
+    n = shape[0]
+    exact = math.fsum(similarity[i, j].item() for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    assert 1.0 - exact > 1e-15  # the case at stake: a distance from 1 that a plain running sum loses
+    assert abs(forward_correlation(rows) - exact) <= 2**-52
 
 
 def test_pearson_matches_numpy_corrcoef(generator):
