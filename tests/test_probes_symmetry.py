@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-from probes.symmetry import _pair_mean
 from probes import (
     backward_correlation,
     effective_width,
@@ -15,6 +14,7 @@ from probes import (
     model_symmetry,
     state_dict_symmetry,
 )
+from probes.symmetry import _pair_mean
 
 
 def orthonormal_rows(count, length, generator, centred=False):
@@ -81,7 +81,8 @@ def test_equal_rows_count_as_exactly_alike_whatever_their_quotient():
 @pytest.mark.parametrize("shape", [(16, 9), (32, 144), (64, 576)])
 def test_rows_a_rounding_apart_keep_their_distance_from_1(generator, shape):
     """Before symmetry breaks, C_f is a few ulps below 1: within 2 ulps of the exactly rounded
-    mean of the pairs' similarities (each as computed), though thousands of terms near 1 are added."""
+    mean of the pairs' similarities (the same float64 Gram formula), though thousands of terms near
+    1 are added."""
     rows = torch.randn(1, shape[1], generator=generator, dtype=torch.float64)
     rows = rows + 1e-7 * torch.randn(shape, generator=generator, dtype=torch.float64)
     gram = rows @ rows.T
