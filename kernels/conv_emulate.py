@@ -290,9 +290,10 @@ def _weight_grad_pieces(x, grads, kernel_size, stride, padding, reduction: Reduc
             patch_products(source, index, targets, columns[0], grads_array, run_pieces[r],
                            products_array[firsts[r]:firsts[r + 1]])
             return
-        patches = operand.run(b0, b1)[0]  # (n, the run's pixels)
+        patches = operand.run(b0, b1).numpy()[0]  # (n, the run's pixels); numpy views keep the GIL
         for i, (at, start, length) in zip(range(firsts[r], firsts[r + 1]), run_pieces[r].tolist()):
-            torch.mm(patches[:, start:start + length], grads[:, at:at + length].t(), out=products[i])
+            torch.mm(torch.from_numpy(patches[:, start:start + length]),
+                     torch.from_numpy(grads_array[:, at:at + length].T), out=products[i])
 
     out = torch.empty(cout, n, dtype=out_dtype)
     by_patch_row = out.t()
