@@ -68,16 +68,18 @@ OPERAND_BYTES = 1 << 26  # a weight gradient's whole im2col up to this size is b
 SUM_ELEMENTS = 1 << 16  # a block of the weight gradient's ordered sum: fewer elements cost more to hand out
 
 
-class _Role(NamedTuple):
+class RoleWork(NamedTuple):
+    """One role of a call as work: blocks run in parallel, then a finishing step."""
+
     blocks: list[Callable[[], None]]  # independent work, run in parallel
     finish: Callable[[], torch.Tensor]  # then this gives the role's result
 
 
-def _done(result: torch.Tensor) -> _Role:
-    return _Role([], lambda: result)
+def _done(result: torch.Tensor) -> RoleWork:
+    return RoleWork([], lambda: result)
 
 
-def _run(*roles: _Role) -> list[torch.Tensor]:
+def _run(*roles: RoleWork) -> list[torch.Tensor]:
     run_blocks([block for role in roles for block in role.blocks])
     return [role.finish() for role in roles]
 
@@ -110,7 +112,7 @@ def _run_count(total_products: int, total_bytes: int, conv: bool) -> int:
     return max(-(-total_products // GEMM_RUN_PRODUCTS), -(-total_bytes // CACHE_BYTES))
 
 
-def _whole(runs: list[tuple[int, int]], conv, reduction: Reduction, out_dtype, summed: bool = False) -> _Role:
+def _whole(runs: list[tuple[int, int]], conv, reduction: Reduction, out_dtype, summed: bool = False) -> RoleWork:
     """The one chunk of a role: conv(b0, b1) on each run of images [b0, b1), the runs' results
     concatenated (forward, input gradient) or, `summed`, added in run order (weight gradient)."""
     results = [None] * len(runs)
@@ -127,7 +129,7 @@ def _whole(runs: list[tuple[int, int]], conv, reduction: Reduction, out_dtype, s
             y = torch.cat(results)
         return y.to(ACCUMULATE_DTYPES[reduction.accumulate]).to(out_dtype)
 
-    return _Role([lambda i=i, r=r: block(i, *r) for i, r in enumerate(runs)], finish)
+    return RoleWork([lambda i=i, r=r: block(i, *r) for i, r in enumerate(runs)], finish)
 
 
 def _conv_runs(batch: int, products: int, most: int | None = None) -> list[tuple[int, int]]:
@@ -136,7 +138,7 @@ def _conv_runs(batch: int, products: int, most: int | None = None) -> list[tuple
     return _runs(batch, count if most is None else min(count, most))
 
 
-def _chunked(operand: OperandRuns, weights, batch: int, pixels: int, reduction: Reduction, key, out_dtype) -> _Role:
+def _chunked(operand: OperandRuns, weights, batch: int, pixels: int, reduction: Reduction, key, out_dtype) -> RoleWork:
     """A forward or input-gradient role by runs of images: weights (channels, K) times the
     operand's (K, images * pixels) columns of the run, for each chunk of K (both operands padded
     chunk by chunk, operands_emulate.chunk_rows), and the run's partials added in their order
@@ -168,10 +170,10 @@ def _chunked(operand: OperandRuns, weights, batch: int, pixels: int, reduction: 
                           (splits, channels, b1 - b0, pixels))
         reduce_block(in_dtype(partials, acc_dtype), by_channel[:, b0:b1], order, place)
 
-    return _Role([lambda r=r: block(*r) for r in runs], lambda: out)
+    return RoleWork([lambda r=r: block(*r) for r in runs], lambda: out)
 
 
-def _forward(x, w, stride, padding, reduction: Reduction, out_dtype) -> _Role:
+def _forward(x, w, stride, padding, reduction: Reduction, out_dtype) -> RoleWork:
     key = next_key(reduction)
     batch, cin = x.shape[:2]
     cout, _, kh, kw = w.shape
@@ -193,7 +195,7 @@ def _forward(x, w, stride, padding, reduction: Reduction, out_dtype) -> _Role:
     return role._replace(finish=lambda: role.finish().view(batch, cout, *size))
 
 
-def _input_grad(grad_out, w, input_size, stride, padding, reduction: Reduction, out_dtype) -> _Role:
+def _input_grad(grad_out, w, input_size, stride, padding, reduction: Reduction, out_dtype) -> RoleWork:
     key = next_key(reduction)
     batch, cout = grad_out.shape[:2]
     _, cin, kh, kw = w.shape
@@ -219,7 +221,7 @@ def _input_grad(grad_out, w, input_size, stride, padding, reduction: Reduction, 
     return role._replace(finish=lambda: role.finish().view(batch, cin, *input_size))
 
 
-def _weight_grad(x, grad_out, kernel_size, stride, padding, reduction: Reduction, out_dtype) -> _Role:
+def _weight_grad(x, grad_out, kernel_size, stride, padding, reduction: Reduction, out_dtype) -> RoleWork:
     """The weight gradient's role: torch's conv per run of images where one chunk allows it and the
     output is the smaller, else chunk products of the patch matrix per run of images (pieces),
     or, where the chunk partials would outweigh the operand 4x or more, the GEMM's cache-sized
@@ -247,7 +249,8 @@ def _weight_grad(x, grad_out, kernel_size, stride, padding, reduction: Reduction
     if reduction.splits * cout >= 4 * k and 4 * n * k <= OPERAND_BYTES:
         cols = patch_matrix(x, kernel_size, stride, padding).t().contiguous()
         out = torch.empty(cout, n, dtype=out_dtype)
-        return _Role(gemm_emulate.tile_blocks(grads, cols, reduction, order, out), lambda: out.view(cout, cin, kh, kw))
+        blocks = gemm_emulate.tile_blocks(grads, cols, reduction, order, out)
+        return RoleWork(blocks, lambda: out.view(cout, cin, kh, kw))
     return _weight_grad_pieces(x, grads, kernel_size, stride, padding, reduction, order, out_dtype)
 
 
@@ -257,7 +260,7 @@ def _results_fitting(size: int) -> int:
 
 
 def _weight_grad_pieces(x, grads, kernel_size, stride, padding, reduction: Reduction, order: BlockOrder,
-                        out_dtype) -> _Role:
+                        out_dtype) -> RoleWork:
     """Runs of images, each a block computing its pieces of the chunks (products of the run's
     patch matrix with `grads`, the (C_out, K) output gradient); the pieces of each chunk are then
     added in piece order and the chunks in `order`, in blocks of the patch rows that fit in cache.
@@ -316,7 +319,7 @@ def _weight_grad_pieces(x, grads, kernel_size, stride, padding, reduction: Reduc
         run_blocks([lambda r=r: rows(*r) for r in _runs(n, count)])
         return out.view(cout, cin, kh, kw)
 
-    return _Role([lambda r=r, run=run: block(r, *run) for r, run in enumerate(runs)], finish)
+    return RoleWork([lambda r=r, run=run: block(r, *run) for r, run in enumerate(runs)], finish)
 
 
 def _pieces_in_one_call(cout: int, n: int, k: int, cols: int, run_pieces: np.ndarray) -> bool:
@@ -350,6 +353,18 @@ def _pieces(bounds, cuts: list[int]) -> list[tuple[int, int, int]]:
 def _channels_first(out: torch.Tensor, batch: int, size) -> torch.Tensor:
     """(C, N*H*W) GEMM result laid out as a contiguous (N, C, H, W) tensor."""
     return out.view(out.shape[0], batch, *size).transpose(0, 1).contiguous()
+
+
+def role_work(role: str, x, w, grad_out, stride, padding, reduction: Reduction) -> RoleWork:
+    """A role's blocks of work and finishing step on the CPU, built as its call builds them (a
+    call number taken) and not run: what its own work costs, apart from building it, handing
+    blocks to workers and the calls around it (probes.timing.conv_work_floors). `grad_out` is
+    unused by the forward. Run the blocks before each finish, which may consume their results."""
+    if role == "forward":
+        return _forward(x, w, stride, padding, reduction, x.dtype)
+    if role == "input_grad":
+        return _input_grad(grad_out, w, tuple(x.shape[2:]), stride, padding, reduction, x.dtype)
+    return _weight_grad(x, grad_out, tuple(w.shape[2:]), stride, padding, reduction, w.dtype)
 
 
 def forward(x, w, stride, padding, reduction: Reduction, out_dtype) -> torch.Tensor:

@@ -21,7 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from kernels import patch
 from kernels.workers_emulate import release_scratch, scratch_bytes
-from probes.timing import conv_cases, gemm_cases, run_cases
+from probes.timing import conv_cases, conv_work_floors, gemm_cases, run_cases
 
 from .data import BatchLoader, load_dataset
 from .training.config import build_config
@@ -40,6 +40,7 @@ STEP_REDUCTIONS = {
 # Ratios to torch's own kernels (time, or peak memory against the fixed step) held as goals
 GOALS = {"step": {"fixed": 1.5, "splitk": 3.0, "atomic": 3.0, "splitk32": 4.0},
          "conv": {"fixed": 2.0, "splitk": 3.0}, "gemm": {"fixed": 1.2, "splitk": 2.0}, "memory": {"splitk": 2.0}}
+MODES = ("fixed", "splitk")  # of the conv roles and GEMMs timed
 # --shapes -> (conv layer presets, GEMM shape names) of probes.timing that the report times
 REPORT_SHAPES = {"cpu": (("quick", "cpu"), ("square-1024",)), "tiny": (("tiny",), ("square-64",))}
 
@@ -109,7 +110,8 @@ def step_peak_bytes(options: dict, batch_size: int = 64) -> int:
 
 def speed_report(shapes: str = "cpu", splits: int = 8, warmup: int = 5, repeats: int = 30, progress=None) -> dict:
     """The emulate backend's figures against torch: {"step", "conv", "gemm", "memory"} -> rows,
-    each row with its "ratio" and the "goal" of GOALS (None where there is none)."""
+    each row with its "ratio" and the "goal" of GOALS (None where there is none); a conv row
+    also with its "floor", the least ratio its work allows here (probes.timing.conv_work_floors)."""
     device = torch.device("cpu")
     conv_presets, gemm_names = REPORT_SHAPES[shapes]
     steps = step_times(warmup=warmup, repeats=repeats)
@@ -119,11 +121,14 @@ def speed_report(shapes: str = "cpu", splits: int = 8, warmup: int = 5, repeats:
     cases = [("conv", preset, conv_cases(preset)) for preset in conv_presets]
     cases.append(("gemm", shapes, [case for case in gemm_cases(shapes) if case.name in gemm_names]))
     for kind, preset, kind_cases in cases:
-        rows = run_cases(kind_cases, ("fixed", "splitk"), ("fp32",), "fp32", splits, "emulate", device, warmup,
+        rows = run_cases(kind_cases, MODES, ("fp32",), "fp32", splits, "emulate", device, warmup,
                          repeats, progress or (lambda row: None))
+        floors = conv_work_floors(preset, MODES, splits, warmup, repeats) if kind == "conv" else {}
         report.setdefault(kind, []).extend(
             {"case": f"{preset} {row.case}", "role": row.role, "shape": f"{row.m}x{row.n}x{row.k}", "mode": row.mode,
-             "ours_ms": row.ours_ms, "torch_ms": row.torch_ms, "ratio": row.ratio, "goal": GOALS[kind][row.mode]}
+             "ours_ms": row.ours_ms, "torch_ms": row.torch_ms, "ratio": row.ratio,
+             **({"floor": round(floors[row.case, row.role, row.mode] / row.torch_ms, 3)} if floors else {}),
+             "goal": GOALS[kind][row.mode]}
             for row in rows)
     peaks = {name: step_peak_bytes(STEP_REDUCTIONS[name]) for name in ("fixed", "splitk", "splitk32")}
     report["memory"] = [{"reduction": name, "peak_mib": peak / 2**20, "ratio": peak / peaks["fixed"],

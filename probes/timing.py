@@ -24,7 +24,8 @@ from typing import Callable
 import torch
 
 import kernels
-from kernels import ROLES, CallCounter, Policy, Reduction, counting
+from kernels import ROLES, CallCounter, Policy, Reduction, conv_emulate, counting
+from kernels.workers_emulate import ieee_fp32, one_thread
 INPUT_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 GEMM_SHAPES = {  # name -> (M, N, K)
@@ -120,11 +121,17 @@ def _conv_role(conv, x, w, grad, role: str):
     return lambda: torch.autograd.grad(out, wrt, grad, retain_graph=True)
 
 
+def _conv_operands(batch, channels, size, generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input, weights, output gradient) of a ConstNet stage convolution (3x3, pad 1), in fp32 on the CPU."""
+    x = torch.randn(batch, channels, size, size, generator=generator)
+    w = torch.randn(channels, channels, 3, 3, generator=generator) / (3 * channels**0.5)
+    grad = torch.randn(batch, channels, size, size, generator=generator)
+    return x, w, grad
+
+
 def _build_conv(batch, channels, size, role):
     def build(reduction, dtype, backend, device, generator):
-        x = torch.randn(batch, channels, size, size, generator=generator).to(device=device, dtype=dtype)
-        w = (torch.randn(channels, channels, 3, 3, generator=generator) / (3 * channels**0.5)).to(device, dtype)
-        grad = torch.randn(batch, channels, size, size, generator=generator).to(device=device, dtype=dtype)
+        x, w, grad = (t.to(device=device, dtype=dtype) for t in _conv_operands(batch, channels, size, generator))
         policy = Policy(**{r: reduction if r == role else Reduction() for r in ROLES})
 
         def ours(x, w):
@@ -189,6 +196,35 @@ class allow_tf32:
 
 def reduction_for(mode: str, splits: int, precision: str, accumulate: str) -> Reduction:
     return Reduction(mode=mode, splits=1 if mode == "fixed" else splits, precision=precision, accumulate=accumulate)
+
+
+def conv_work_floors(preset: str, modes, splits: int, warmup: int, repeats: int) -> dict[tuple[str, str, str], float]:
+    """{(layer, role, mode): ms}: the least time each conv role of CONV_LAYERS[preset] could take
+    on the emulate backend here in fp32, were its own work (kernels.conv_emulate.role_work) spread
+    perfectly over the workers that torch's threads give, with no Python, hand-off or contention
+    around it: the longest block, or all blocks and the finishing step over the workers, whichever
+    is more (each timed alone on one thread, as workers run them; medians). A floor above a goal
+    marks a goal the role cannot meet on this machine whatever its calls cost."""
+    workers, generator, floors = torch.get_num_threads(), torch.Generator().manual_seed(0), {}
+    for name, (batch, channels, size) in CONV_LAYERS[preset].items():
+        x, w, grad = _conv_operands(batch, channels, size, generator)
+        for role in ROLES:
+            for mode in modes:
+                with counting(CallCounter()):
+                    work = conv_emulate.role_work(role, x, w, grad, (1, 1), (1, 1),
+                                                  reduction_for(mode, splits, "fp32", "fp32"))
+                parts = [*work.blocks, work.finish]
+                times: list[list[float]] = [[] for _ in parts]
+                with one_thread(), ieee_fp32():
+                    for repeat in range(warmup + repeats):
+                        for part, seconds in zip(parts, times):  # the blocks, then the finish that reads them
+                            start = time.perf_counter()
+                            part()
+                            if repeat >= warmup:
+                                seconds.append(time.perf_counter() - start)
+                medians = [statistics.median(seconds) for seconds in times]
+                floors[(name, role, mode)] = 1e3 * max(max(medians[:-1], default=0.0), sum(medians) / workers)
+    return floors
 
 
 def run_cases(cases, modes, precisions, accumulate, splits, backend, device, warmup, repeats, progress) -> list[Row]:

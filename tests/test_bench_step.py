@@ -22,7 +22,7 @@ def test_step_bench_prints_every_figure_and_writes_json(tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output[-3000:]
-    for header in ("training step", "conv layer", "GEMM", "step peak"):
+    for header in ("training step", "conv layer", "floor", "GEMM", "step peak"):
         assert header in result.stdout
     payload = json.loads(json_path.read_text())
     assert payload["kind"] == "step" and "CPU" in payload["device"] and payload["device_record"]["host"]
@@ -31,6 +31,7 @@ def test_step_bench_prints_every_figure_and_writes_json(tmp_path):
     assert {(row["role"], row["mode"]) for row in payload["conv"]} == {
         (role, mode) for role in ("forward", "input_grad", "weight_grad") for mode in ("fixed", "splitk")}
     assert all(row["goal"] == GOALS["conv"][row["mode"]] and row["ratio"] > 0 for row in payload["conv"])
+    assert all(row["floor"] > 0 for row in payload["conv"]) and not any("floor" in row for row in payload["gemm"])
     assert {row["mode"] for row in payload["gemm"]} == {"fixed", "splitk"}
     memory = {row["reduction"]: row for row in payload["memory"]}
     assert memory["fixed"]["ratio"] == 1.0 and memory["splitk"]["peak_mib"] > 0

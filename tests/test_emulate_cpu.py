@@ -21,8 +21,8 @@ from kernels.order import call_key, chunk_order, order_index, permutation_table
 from kernels.loops_cpu import COUNTING_SORT_MAX, MKL_GEMM, batched_matmul, compiled_permutation_table, piece_products
 from kernels.order_cpu import BlockOrder, Placement, reduce_block
 from kernels.reduction import Reduction
-from kernels.workers_emulate import (INLINE_BLOCKS, SCRATCH_SHIFT_BYTES, release_scratch, run_blocks, scratch,
-                                     scratch_bytes, shaped, threads_to_workers)
+from kernels.workers_emulate import (INLINE_BLOCKS, SCRATCH_SHIFT_BYTES, one_thread, release_scratch, run_blocks,
+                                     scratch, scratch_bytes, shaped, threads_to_workers)
 
 ROOT = Path(__file__).resolve().parents[1]
 MIXED_SCALES = torch.tensor([1.0, 1e8, -1e8, 3e-3, 7.0, 1e4, -2.5])  # a different order rounds differently
@@ -188,6 +188,29 @@ def emulated_roles(x, w, gy, stride, padding, reduction):
         y = conv_emulate.forward(x, w, (stride, stride), (padding, padding), reduction, torch.float32)
         gx, gw = conv_emulate.gradients(x, w, gy, (stride, stride), (padding, padding), reduction, reduction)
     return {"forward": y, "input_grad": gx, "weight_grad": gw}
+
+
+@pytest.mark.parametrize("reduction", [Reduction("fixed"), Reduction("splitk", splits=8, seed=3),
+                                       Reduction("splitk", splits=32, seed=3, granularity="tile")],
+                         ids=lambda r: r.describe())
+def test_a_roles_work_run_by_hand_gives_the_bits_of_its_call(generator, reduction):
+    """role_work's blocks, then its finish, run on this thread give each role's result bit for bit:
+    the work that probes.timing's floors time is the role's whole work. The quick net's stage 1,
+    whose roles run in two blocks or more."""
+    x, w, gy = (torch.randn(*shape, generator=generator) for shape in ((64, 16, 8, 8), (16, 16, 3, 3), (64, 16, 8, 8)))
+    calls = {"forward": lambda: conv_emulate.forward(x, w, (1, 1), (1, 1), reduction, torch.float32),
+             "input_grad": lambda: conv_emulate.input_grad(gy, w, (8, 8), (1, 1), (1, 1), reduction, torch.float32),
+             "weight_grad": lambda: conv_emulate.weight_grad(x, gy, (3, 3), (1, 1), (1, 1), reduction, torch.float32)}
+    for role, call in calls.items():
+        with counting():
+            expected = call()
+        with counting(), one_thread():
+            work = conv_emulate.role_work(role, x, w, gy, (1, 1), (1, 1), reduction)
+            for block in work.blocks:
+                block()
+            result = work.finish()
+        assert len(work.blocks) >= 2 or reduction.splits == 1, role
+        assert torch.equal(bits(result), bits(expected)), role
 
 
 CONV_CONFIGS = [(9, 8, 12, 7, 3, 1, 1), (7, 6, 5, 9, 3, 2, 1), (6, 10, 16, 7, 1, 2, 0), (5, 4, 6, 11, 5, 2, 2),
@@ -440,8 +463,8 @@ def test_a_block_lets_the_gil_go_only_for_its_heavy_calls():
     as the machine's load only adds to it."""
     x, w = torch.randn(32, 32, 4, 4), torch.randn(32, 32, 3, 3)
     with threads_to_workers():
-        (block,) = conv_emulate._forward(x, w, (1, 1), (1, 1), Reduction("splitk", splits=8, seed=1),
-                                         torch.float32).blocks
+        (block,) = conv_emulate.role_work("forward", x, w, None, (1, 1), (1, 1),
+                                          Reduction("splitk", splits=8, seed=1)).blocks
     block()  # compiles or loads the compiled loops
     interval, stop, spinning = sys.getswitchinterval(), threading.Event(), threading.Event()
 

@@ -125,11 +125,11 @@ def run_allreduce_benchmark(shapes, modes, device_name, warmup, repeats, json_pa
 
 
 KERNEL_COLUMNS = [("role", "role"), ("M x N x K", "shape"), ("mode", "mode"), ("ours ms", "ours_ms"),
-                  ("torch ms", "torch_ms"), ("ratio", "ratio"), ("goal", "goal")]
+                  ("torch ms", "torch_ms"), ("ratio", "ratio")]
 STEP_TABLES = {  # report part -> its table's columns
     "step": [("training step", "reduction"), ("median ms", "ms"), ("ratio", "ratio"), ("goal", "goal")],
-    "conv": [("conv layer", "case"), *KERNEL_COLUMNS],
-    "gemm": [("GEMM", "case"), *KERNEL_COLUMNS],
+    "conv": [("conv layer", "case"), *KERNEL_COLUMNS, ("floor", "floor"), ("goal", "goal")],
+    "gemm": [("GEMM", "case"), *KERNEL_COLUMNS, ("goal", "goal")],
     "memory": [("step peak", "reduction"), ("MiB", "peak_mib"), ("/ fixed", "ratio"), ("goal", "goal")],
 }
 
@@ -166,7 +166,8 @@ def cli(kind, **options):
     ConstNet's gradient with the fixed/splitk all-reduce vs native (allreduce; --shapes gpu/cpu:
     ConstNet-16-10, 17.1M parameters), or the emulate backend on this CPU against its goals (step:
     training steps of the quick preset's network per reduction, conv roles of the quick network and
-    of ConstNet-16-10 at batch 8, GEMM 1024^3, peak memory of a step; --shapes tiny: small cases)."""
+    of ConstNet-16-10 at batch 8, each with the floor its own work sets, GEMM 1024^3, peak memory of
+    a step; --shapes tiny: small cases)."""
     if kind == "allreduce":
         run_allreduce_benchmark(**options)
     elif kind == "step":
