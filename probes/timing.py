@@ -129,6 +129,11 @@ def _conv_operands(batch, channels, size, generator) -> tuple[torch.Tensor, torc
     return x, w, grad
 
 
+def _torch_conv(x, w):
+    """torch's own convolution of a ConstNet stage layer, the reference the conv cases are timed against."""
+    return torch.nn.functional.conv2d(x, w, padding=1)
+
+
 def _build_conv(batch, channels, size, role):
     def build(reduction, dtype, backend, device, generator):
         x, w, grad = (t.to(device=device, dtype=dtype) for t in _conv_operands(batch, channels, size, generator))
@@ -137,12 +142,9 @@ def _build_conv(batch, channels, size, role):
         def ours(x, w):
             return kernels.conv2d(x, w, padding=1, policy=policy, backend=backend)
 
-        def reference(x, w):
-            return torch.nn.functional.conv2d(x, w, padding=1)
-
         return (
             _conv_role(ours, x.clone(), w.clone(), grad, role),
-            _conv_role(reference, x.clone(), w.clone(), grad, role),
+            _conv_role(_torch_conv, x.clone(), w.clone(), grad, role),
         )
 
     return build
@@ -199,32 +201,45 @@ def reduction_for(mode: str, splits: int, precision: str, accumulate: str) -> Re
 
 
 def conv_work_floors(preset: str, modes, splits: int, warmup: int, repeats: int) -> dict[tuple[str, str, str], float]:
-    """{(layer, role, mode): ms}: the least time each conv role of CONV_LAYERS[preset] could take
-    on the emulate backend here in fp32, were its own work (kernels.conv_emulate.role_work) spread
-    perfectly over the workers that torch's threads give, with no Python, hand-off or contention
-    around it: the longest block, or all blocks and the finishing step over the workers, whichever
-    is more (each timed alone on one thread, as workers run them; medians). A floor above a goal
-    marks a goal the role cannot meet on this machine whatever its calls cost."""
-    workers, generator, floors = torch.get_num_threads(), torch.Generator().manual_seed(0), {}
+    """{(layer, role, mode): floor} for each conv role of CONV_LAYERS[preset] on the emulate
+    backend here in fp32: the least time the role could take, as a ratio to torch's call, were its
+    own work (kernels.conv_emulate.role_work) spread perfectly over the workers that torch's
+    threads give, with no Python, hand-off or contention around it (_work_floor). A floor above a
+    goal marks a goal the role cannot meet on this machine, whatever its calls cost."""
+    generator, floors = torch.Generator().manual_seed(0), {}
     for name, (batch, channels, size) in CONV_LAYERS[preset].items():
         x, w, grad = _conv_operands(batch, channels, size, generator)
         for role in ROLES:
+            reference = _conv_role(_torch_conv, x.clone(), w.clone(), grad, role)
             for mode in modes:
                 with counting(CallCounter()):
                     work = conv_emulate.role_work(role, x, w, grad, (1, 1), (1, 1),
                                                   reduction_for(mode, splits, "fp32", "fp32"))
-                parts = [*work.blocks, work.finish]
-                times: list[list[float]] = [[] for _ in parts]
-                with one_thread(), ieee_fp32():
-                    for repeat in range(warmup + repeats):
-                        for part, seconds in zip(parts, times):  # the blocks, then the finish that reads them
-                            start = time.perf_counter()
-                            part()
-                            if repeat >= warmup:
-                                seconds.append(time.perf_counter() - start)
-                medians = [statistics.median(seconds) for seconds in times]
-                floors[(name, role, mode)] = 1e3 * max(max(medians[:-1], default=0.0), sum(medians) / workers)
+                floors[(name, role, mode)] = _work_floor(work, reference, warmup, repeats)
     return floors
+
+
+def _work_floor(work: conv_emulate.RoleWork, reference: Callable, warmup: int, repeats: int) -> float:
+    """The longest block of `work`, or all its blocks and its finishing step over torch's thread
+    count, whichever is more, against reference(): each part timed alone on one thread (as
+    workers run it) in turn with the reference, medians."""
+    parts = [*work.blocks, work.finish]  # the blocks, then the finish that reads them
+    times: list[list[float]] = [[] for _ in range(len(parts) + 1)]  # and the reference's
+    for repeat in range(warmup + repeats):
+        durations = []
+        with one_thread(), ieee_fp32():
+            for part in parts:
+                start = time.perf_counter()
+                part()
+                durations.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        reference()
+        durations.append(time.perf_counter() - start)
+        if repeat >= warmup:
+            for seconds, duration in zip(times, durations):
+                seconds.append(duration)
+    *blocks, finish, torch_call = [statistics.median(seconds) for seconds in times]
+    return max(max(blocks, default=0.0), (sum(blocks) + finish) / torch.get_num_threads()) / torch_call
 
 
 def run_cases(cases, modes, precisions, accumulate, splits, backend, device, warmup, repeats, progress) -> list[Row]:
