@@ -12,8 +12,6 @@ each as a ratio to torch next to the goal it is held to.
 """
 from __future__ import annotations
 
-import statistics
-import time
 from typing import Callable
 
 import torch
@@ -21,7 +19,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from kernels import patch
 from kernels.workers_emulate import release_scratch, scratch_bytes
-from probes.timing import conv_cases, conv_work_floors, gemm_cases, run_cases
+from probes.timing import conv_cases, conv_work_floors, gemm_cases, interleaved_medians, run_cases
 
 from .data import BatchLoader, load_dataset
 from .training.config import build_config
@@ -65,20 +63,6 @@ def training_step(options: dict, batch_size: int = 64, seed: int = 0) -> Callabl
     return step
 
 
-def interleaved_medians(calls: dict[str, Callable[[], None]], warmup: int, repeats: int) -> dict[str, float]:
-    """Median seconds of each callable over `repeats` rounds that run every callable once."""
-    for call in calls.values():
-        for _ in range(warmup):
-            call()
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(seconds) for name, seconds in times.items()}
-
-
 def step_times(names=tuple(STEP_REDUCTIONS), batch_size: int = 64, warmup: int = 5, repeats: int = 30) -> dict:
     """{name: median seconds of a training step} for the STEP_REDUCTIONS named."""
     return interleaved_medians({name: training_step(STEP_REDUCTIONS[name], batch_size) for name in names},
@@ -117,7 +101,7 @@ def speed_report(shapes: str = "cpu", splits: int = 8, warmup: int = 5, repeats:
     steps = step_times(warmup=warmup, repeats=repeats)
     report = {"step": [{"reduction": name, "ms": 1e3 * seconds, "ratio": seconds / steps["native"],
                         "goal": GOALS["step"].get(name)} for name, seconds in steps.items()]}
-    # one run_cases per preset: it reuses torch's time across cases of one name, and presets share names
+    # one run_cases (and floors) per preset: layers of different presets share names
     cases = [("conv", preset, conv_cases(preset)) for preset in conv_presets]
     cases.append(("gemm", shapes, [case for case in gemm_cases(shapes) if case.name in gemm_names]))
     for kind, preset, kind_cases in cases:

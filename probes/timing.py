@@ -3,7 +3,8 @@
 For every case (a GEMM shape, or a conv layer x role) x mode x precision: the median time of
 our kernel and of torch (torch.matmul / torch.nn.functional.conv2d and its autograd, with TF32
 allowed only for precision tf32), TFLOP/s of both and their time ratio (ours / torch). On a GPU
-times come from triton.testing.do_bench; on a CPU from repeated perf_counter runs after warm-up.
+times come from triton.testing.do_bench; on a CPU from perf_counter runs after warm-up, ours and
+torch's in turn (interleaved_medians).
 
 Shape presets (GEMM: M x N x K, a (M, K) @ b (K, N)):
   gpu    4096^3; ConstNet weight gradients 160x1440 K=131072, 320x2880 K=32768, 640x5760
@@ -182,6 +183,21 @@ def median_ms(fn: Callable, device: torch.device, warmup: int, repeats: int) -> 
     return 1e3 * statistics.median(times)
 
 
+def interleaved_medians(calls: dict[str, Callable[[], None]], warmup: int, repeats: int) -> dict[str, float]:
+    """Median seconds of each callable over `repeats` rounds that run every callable once, after
+    `warmup` calls of each: a shared machine's slow spells fall on every one alike."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(seconds) for name, seconds in times.items()}
+
+
 class allow_tf32:
     """Let torch's reference use TF32 exactly when the precision under test is tf32."""
 
@@ -252,11 +268,15 @@ def run_cases(cases, modes, precisions, accumulate, splits, backend, device, war
                 reduction = reduction_for(mode, splits, precision, accumulate)
                 with allow_tf32(precision == "tf32"), counting(CallCounter()):
                     ours, reference = case.build(reduction, INPUT_DTYPES[precision], backend, device, generator)
-                    ours_ms = median_ms(ours, device, warmup, repeats)
-                    key = (case.kind, case.name, case.role, precision)
-                    if key not in reference_ms:
-                        reference_ms[key] = median_ms(reference, device, warmup, repeats)
-                torch_ms = reference_ms[key]
+                    if device.type == "cuda":
+                        ours_ms = median_ms(ours, device, warmup, repeats)
+                        key = (case.kind, case.name, case.role, precision)
+                        if key not in reference_ms:
+                            reference_ms[key] = median_ms(reference, device, warmup, repeats)
+                        torch_ms = reference_ms[key]
+                    else:  # in turn: a CPU shared with other work has slow spells of seconds
+                        medians = interleaved_medians({"ours": ours, "torch": reference}, warmup, repeats)
+                        ours_ms, torch_ms = 1e3 * medians["ours"], 1e3 * medians["torch"]
                 rows.append(Row(
                     case.kind, case.name, case.role, case.m, case.n, case.k, mode, reduction.splits, precision,
                     accumulate, backend, round(ours_ms, 4), round(torch_ms, 4),
