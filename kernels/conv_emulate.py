@@ -358,7 +358,7 @@ def _channels_first(out: torch.Tensor, batch: int, size) -> torch.Tensor:
 def role_work(role: str, x, w, grad_out, stride, padding, reduction: Reduction) -> RoleWork:
     """A role's blocks of work and finishing step on the CPU, built as its call builds them (a
     call number taken) and not run: what its own work costs, apart from building it, handing
-    blocks to workers and the calls around it (probes.timing.conv_work_floors). `grad_out` is
+    blocks to workers and the calls around it (probes.timing.conv_work_shares). `grad_out` is
     unused by the forward. Run the blocks before each finish, which may consume their results."""
     if role == "forward":
         return _forward(x, w, stride, padding, reduction, x.dtype)

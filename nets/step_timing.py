@@ -12,6 +12,8 @@ each as a ratio to torch next to the goal it is held to.
 """
 from __future__ import annotations
 
+import statistics
+import time
 from typing import Callable
 
 import torch
@@ -19,7 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from kernels import patch
 from kernels.workers_emulate import release_scratch, scratch_bytes
-from probes.timing import conv_cases, conv_work_floors, gemm_cases, interleaved_medians, run_cases
+from probes.timing import conv_cases, conv_work_shares, gemm_cases, run_cases
 
 from .data import BatchLoader, load_dataset
 from .training.config import build_config
@@ -63,6 +65,20 @@ def training_step(options: dict, batch_size: int = 64, seed: int = 0) -> Callabl
     return step
 
 
+def interleaved_medians(calls: dict[str, Callable[[], None]], warmup: int, repeats: int) -> dict[str, float]:
+    """Median seconds of each callable over `repeats` rounds that run every callable once."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(seconds) for name, seconds in times.items()}
+
+
 def step_times(names=tuple(STEP_REDUCTIONS), batch_size: int = 64, warmup: int = 5, repeats: int = 30) -> dict:
     """{name: median seconds of a training step} for the STEP_REDUCTIONS named."""
     return interleaved_medians({name: training_step(STEP_REDUCTIONS[name], batch_size) for name in names},
@@ -95,23 +111,23 @@ def step_peak_bytes(options: dict, batch_size: int = 64) -> int:
 def speed_report(shapes: str = "cpu", splits: int = 8, warmup: int = 5, repeats: int = 30, progress=None) -> dict:
     """The emulate backend's figures against torch: {"step", "conv", "gemm", "memory"} -> rows,
     each row with its "ratio" and the "goal" of GOALS (None where there is none); a conv row
-    also with its "floor", the least ratio its work allows here (probes.timing.conv_work_floors)."""
+    also with its "floor", the least ratio its own work allows here (probes.timing.conv_work_shares)."""
     device = torch.device("cpu")
     conv_presets, gemm_names = REPORT_SHAPES[shapes]
     steps = step_times(warmup=warmup, repeats=repeats)
     report = {"step": [{"reduction": name, "ms": 1e3 * seconds, "ratio": seconds / steps["native"],
                         "goal": GOALS["step"].get(name)} for name, seconds in steps.items()]}
-    # one run_cases (and floors) per preset: layers of different presets share names
+    # one run_cases (and shares) per preset: it reuses torch's time across cases of one name, and presets share names
     cases = [("conv", preset, conv_cases(preset)) for preset in conv_presets]
     cases.append(("gemm", shapes, [case for case in gemm_cases(shapes) if case.name in gemm_names]))
     for kind, preset, kind_cases in cases:
         rows = run_cases(kind_cases, MODES, ("fp32",), "fp32", splits, "emulate", device, warmup,
                          repeats, progress or (lambda row: None))
-        floors = conv_work_floors(preset, MODES, splits, warmup, repeats) if kind == "conv" else {}
+        shares = conv_work_shares(preset, MODES, splits, warmup, repeats) if kind == "conv" else {}
         report.setdefault(kind, []).extend(
             {"case": f"{preset} {row.case}", "role": row.role, "shape": f"{row.m}x{row.n}x{row.k}", "mode": row.mode,
              "ours_ms": row.ours_ms, "torch_ms": row.torch_ms, "ratio": row.ratio,
-             **({"floor": round(floors[row.case, row.role, row.mode], 3)} if floors else {}),
+             **({"floor": round(row.ratio * shares[row.case, row.role, row.mode], 3)} if shares else {}),
              "goal": GOALS[kind][row.mode]}
             for row in rows)
     peaks = {name: step_peak_bytes(STEP_REDUCTIONS[name]) for name in ("fixed", "splitk", "splitk32")}

@@ -3,8 +3,11 @@
 For every case (a GEMM shape, or a conv layer x role) x mode x precision: the median time of
 our kernel and of torch (torch.matmul / torch.nn.functional.conv2d and its autograd, with TF32
 allowed only for precision tf32), TFLOP/s of both and their time ratio (ours / torch). On a GPU
-times come from triton.testing.do_bench; on a CPU from perf_counter runs after warm-up, ours and
-torch's in turn (interleaved_medians).
+times come from triton.testing.do_bench; on a CPU from repeated perf_counter runs after warm-up.
+Ours and torch's are timed apart: on the CPU, timed in turn, each would slow the other (torch's
+OpenMP threads spin for a while after each call, on the cores the emulate backend's workers use,
+and sleep again during ours: its fixed 1024^3 GEMM took 1.41-1.49x torch's in turn, 0.93-1.30x
+apart, 2026-12-01).
 
 Shape presets (GEMM: M x N x K, a (M, K) @ b (K, N)):
   gpu    4096^3; ConstNet weight gradients 160x1440 K=131072, 320x2880 K=32768, 640x5760
@@ -130,6 +133,12 @@ def _conv_operands(batch, channels, size, generator) -> tuple[torch.Tensor, torc
     return x, w, grad
 
 
+def _our_conv(reduction: Reduction, role: str, backend: str) -> Callable:
+    """kernels.conv2d of a ConstNet stage layer, with `reduction` for `role` and the fixed order for the others."""
+    policy = Policy(**{r: reduction if r == role else Reduction() for r in ROLES})
+    return lambda x, w: kernels.conv2d(x, w, padding=1, policy=policy, backend=backend)
+
+
 def _torch_conv(x, w):
     """torch's own convolution of a ConstNet stage layer, the reference the conv cases are timed against."""
     return torch.nn.functional.conv2d(x, w, padding=1)
@@ -138,13 +147,8 @@ def _torch_conv(x, w):
 def _build_conv(batch, channels, size, role):
     def build(reduction, dtype, backend, device, generator):
         x, w, grad = (t.to(device=device, dtype=dtype) for t in _conv_operands(batch, channels, size, generator))
-        policy = Policy(**{r: reduction if r == role else Reduction() for r in ROLES})
-
-        def ours(x, w):
-            return kernels.conv2d(x, w, padding=1, policy=policy, backend=backend)
-
         return (
-            _conv_role(ours, x.clone(), w.clone(), grad, role),
+            _conv_role(_our_conv(reduction, role, backend), x.clone(), w.clone(), grad, role),
             _conv_role(_torch_conv, x.clone(), w.clone(), grad, role),
         )
 
@@ -183,21 +187,6 @@ def median_ms(fn: Callable, device: torch.device, warmup: int, repeats: int) -> 
     return 1e3 * statistics.median(times)
 
 
-def interleaved_medians(calls: dict[str, Callable[[], None]], warmup: int, repeats: int) -> dict[str, float]:
-    """Median seconds of each callable over `repeats` rounds that run every callable once, after
-    `warmup` calls of each: a shared machine's slow spells fall on every one alike."""
-    for call in calls.values():
-        for _ in range(warmup):
-            call()
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(seconds) for name, seconds in times.items()}
-
-
 class allow_tf32:
     """Let torch's reference use TF32 exactly when the precision under test is tf32."""
 
@@ -216,31 +205,32 @@ def reduction_for(mode: str, splits: int, precision: str, accumulate: str) -> Re
     return Reduction(mode=mode, splits=1 if mode == "fixed" else splits, precision=precision, accumulate=accumulate)
 
 
-def conv_work_floors(preset: str, modes, splits: int, warmup: int, repeats: int) -> dict[tuple[str, str, str], float]:
-    """{(layer, role, mode): floor} for each conv role of CONV_LAYERS[preset] on the emulate
-    backend here in fp32: the least time the role could take, as a ratio to torch's call, were its
-    own work (kernels.conv_emulate.role_work) spread perfectly over the workers that torch's
-    threads give, with no Python, hand-off or contention around it (_work_floor). A floor above a
-    goal marks a goal the role cannot meet on this machine, whatever its calls cost."""
-    generator, floors = torch.Generator().manual_seed(0), {}
+def conv_work_shares(preset: str, modes, splits: int, warmup: int, repeats: int) -> dict[tuple[str, str, str], float]:
+    """{(layer, role, mode): share} for each conv role of CONV_LAYERS[preset] on the emulate
+    backend here in fp32: the least part of its call's time that its own work
+    (kernels.conv_emulate.role_work) could take, spread perfectly over the workers that torch's
+    threads give, with no Python, hand-off or contention around it (_work_floor). The call's ratio
+    to torch times the share is the least ratio the role could reach: above a goal, the role
+    cannot meet it on this machine, whatever its calls cost."""
+    generator, shares = torch.Generator().manual_seed(0), {}
     for name, (batch, channels, size) in CONV_LAYERS[preset].items():
         x, w, grad = _conv_operands(batch, channels, size, generator)
         for role in ROLES:
-            reference = _conv_role(_torch_conv, x.clone(), w.clone(), grad, role)
             for mode in modes:
+                reduction = reduction_for(mode, splits, "fp32", "fp32")
                 with counting(CallCounter()):
-                    work = conv_emulate.role_work(role, x, w, grad, (1, 1), (1, 1),
-                                                  reduction_for(mode, splits, "fp32", "fp32"))
-                floors[(name, role, mode)] = _work_floor(work, reference, warmup, repeats)
-    return floors
+                    call = _conv_role(_our_conv(reduction, role, "emulate"), x.clone(), w.clone(), grad, role)
+                    work = conv_emulate.role_work(role, x, w, grad, (1, 1), (1, 1), reduction)
+                    shares[(name, role, mode)] = _work_floor(work, call, warmup, repeats)
+    return shares
 
 
-def _work_floor(work: conv_emulate.RoleWork, reference: Callable, warmup: int, repeats: int) -> float:
+def _work_floor(work: conv_emulate.RoleWork, call: Callable, warmup: int, repeats: int) -> float:
     """The longest block of `work`, or all its blocks and its finishing step over torch's thread
-    count, whichever is more, against reference(): each part timed alone on one thread (as
-    workers run it) in turn with the reference, medians."""
+    count, whichever is more, as a part of call()'s time: each part timed alone on one thread (as
+    workers run them) in turn with the call, medians."""
     parts = [*work.blocks, work.finish]  # the blocks, then the finish that reads them
-    times: list[list[float]] = [[] for _ in range(len(parts) + 1)]  # and the reference's
+    times: list[list[float]] = [[] for _ in range(len(parts) + 1)]  # and the call's
     for repeat in range(warmup + repeats):
         durations = []
         with one_thread(), ieee_fp32():
@@ -249,13 +239,13 @@ def _work_floor(work: conv_emulate.RoleWork, reference: Callable, warmup: int, r
                 part()
                 durations.append(time.perf_counter() - start)
         start = time.perf_counter()
-        reference()
+        call()
         durations.append(time.perf_counter() - start)
         if repeat >= warmup:
             for seconds, duration in zip(times, durations):
                 seconds.append(duration)
-    *blocks, finish, torch_call = [statistics.median(seconds) for seconds in times]
-    return max(max(blocks, default=0.0), (sum(blocks) + finish) / torch.get_num_threads()) / torch_call
+    *blocks, finish, whole = [statistics.median(seconds) for seconds in times]
+    return max(max(blocks, default=0.0), (sum(blocks) + finish) / torch.get_num_threads()) / whole
 
 
 def run_cases(cases, modes, precisions, accumulate, splits, backend, device, warmup, repeats, progress) -> list[Row]:
@@ -268,15 +258,11 @@ def run_cases(cases, modes, precisions, accumulate, splits, backend, device, war
                 reduction = reduction_for(mode, splits, precision, accumulate)
                 with allow_tf32(precision == "tf32"), counting(CallCounter()):
                     ours, reference = case.build(reduction, INPUT_DTYPES[precision], backend, device, generator)
-                    if device.type == "cuda":
-                        ours_ms = median_ms(ours, device, warmup, repeats)
-                        key = (case.kind, case.name, case.role, precision)
-                        if key not in reference_ms:
-                            reference_ms[key] = median_ms(reference, device, warmup, repeats)
-                        torch_ms = reference_ms[key]
-                    else:  # in turn: a CPU shared with other work has slow spells of seconds
-                        medians = interleaved_medians({"ours": ours, "torch": reference}, warmup, repeats)
-                        ours_ms, torch_ms = 1e3 * medians["ours"], 1e3 * medians["torch"]
+                    ours_ms = median_ms(ours, device, warmup, repeats)
+                    key = (case.kind, case.name, case.role, precision)
+                    if key not in reference_ms:
+                        reference_ms[key] = median_ms(reference, device, warmup, repeats)
+                torch_ms = reference_ms[key]
                 rows.append(Row(
                     case.kind, case.name, case.role, case.m, case.n, case.k, mode, reduction.splits, precision,
                     accumulate, backend, round(ours_ms, 4), round(torch_ms, 4),
