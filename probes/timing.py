@@ -5,9 +5,9 @@ our kernel and of torch (torch.matmul / torch.nn.functional.conv2d and its autog
 allowed only for precision tf32), TFLOP/s of both and their time ratio (ours / torch). On a GPU
 times come from triton.testing.do_bench; on a CPU from repeated perf_counter runs after warm-up.
 Ours and torch's are timed apart: on the CPU, timed in turn, each would slow the other (torch's
-OpenMP threads spin for a while after each call, on the cores the emulate backend's workers use,
-and sleep again during ours: its fixed 1024^3 GEMM took 1.41-1.49x torch's in turn, 0.93-1.30x
-apart, 2026-12-01).
+OpenMP threads spin for a while after each of its calls, on the cores the emulate backend's
+workers use, and fall asleep during ours, to be woken by torch's next call): the emulated fixed
+1024^3 GEMM took 1.41-1.49x torch's in turn and 0.93-1.30x apart, 2026-12-01.
 
 Shape presets (GEMM: M x N x K, a (M, K) @ b (K, N)):
   gpu    4096^3; ConstNet weight gradients 160x1440 K=131072, 320x2880 K=32768, 640x5760
@@ -209,7 +209,7 @@ def conv_work_shares(preset: str, modes, splits: int, warmup: int, repeats: int)
     """{(layer, role, mode): share} for each conv role of CONV_LAYERS[preset] on the emulate
     backend here in fp32: the least part of its call's time that its own work
     (kernels.conv_emulate.role_work) could take, spread perfectly over the workers that torch's
-    threads give, with no Python, hand-off or contention around it (_work_floor). The call's ratio
+    threads give, with no Python, hand-off or contention around it (_work_share). The call's ratio
     to torch times the share is the least ratio the role could reach: above a goal, the role
     cannot meet it on this machine, whatever its calls cost."""
     generator, shares = torch.Generator().manual_seed(0), {}
@@ -221,11 +221,11 @@ def conv_work_shares(preset: str, modes, splits: int, warmup: int, repeats: int)
                 with counting(CallCounter()):
                     call = _conv_role(_our_conv(reduction, role, "emulate"), x.clone(), w.clone(), grad, role)
                     work = conv_emulate.role_work(role, x, w, grad, (1, 1), (1, 1), reduction)
-                    shares[(name, role, mode)] = _work_floor(work, call, warmup, repeats)
+                    shares[(name, role, mode)] = _work_share(work, call, warmup, repeats)
     return shares
 
 
-def _work_floor(work: conv_emulate.RoleWork, call: Callable, warmup: int, repeats: int) -> float:
+def _work_share(work: conv_emulate.RoleWork, call: Callable, warmup: int, repeats: int) -> float:
     """The longest block of `work`, or all its blocks and its finishing step over torch's thread
     count, whichever is more, as a part of call()'s time: each part timed alone on one thread (as
     workers run them) in turn with the call, medians."""

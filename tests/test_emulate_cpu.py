@@ -196,7 +196,7 @@ def emulated_roles(x, w, gy, stride, padding, reduction):
 def test_a_roles_work_run_by_hand_gives_the_bits_of_its_call(generator, reduction):
     """role_work's blocks, then its finish, run on this thread give each role's result bit for bit:
     the work that probes.timing's floors time is the role's whole work. The quick net's stage 1,
-    whose roles run in two blocks or more."""
+    whose split-K roles run in two blocks or more."""
     x, w, gy = (torch.randn(*shape, generator=generator) for shape in ((64, 16, 8, 8), (16, 16, 3, 3), (64, 16, 8, 8)))
     calls = {"forward": lambda: conv_emulate.forward(x, w, (1, 1), (1, 1), reduction, torch.float32),
              "input_grad": lambda: conv_emulate.input_grad(gy, w, (8, 8), (1, 1), (1, 1), reduction, torch.float32),
